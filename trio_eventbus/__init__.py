@@ -1,0 +1,74 @@
+"""trio_eventbus: the event bus for Trio applications.
+
+Per-aggregate ordering with concurrency across aggregates, at-least-once delivery, publish results for a
+transactional outbox, dedupe, retries and dead letters, backpressure, and shutdown that leaks no task and
+loses no ack — over an in-memory broker, NATS JetStream and Apache Kafka.
+
+    import trio_eventbus as teb
+
+    async with teb.open_bus(teb.MemoryConfig()) as bus:
+        await bus.subscribe_envelope("orders", on_order)
+        await bus.publish_envelope("orders", teb.Envelope(aggregate_id="order-1", event_type="OrderCreated",
+                                                          event_version=1, payload=b'{"total": 5}'))
+"""
+
+from __future__ import annotations
+
+from ._abc import Backend, BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
+from ._bus import BackendConfig, EventBus, open_bus
+from ._codec import decode_envelope, encode_envelope
+from ._envelope import Envelope, Message, new_event_id
+from ._exceptions import (
+    AlreadySubscribedError,
+    BackendUnavailable,
+    BusClosedError,
+    EventBusError,
+    HandlerError,
+    InvalidEnvelopeError,
+    InvalidHandlerError,
+    InvalidOptionError,
+    InvalidTopicError,
+    MessageTooLargeError,
+    PublishError,
+)
+from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
+from .backends.memory import MemoryBroker, MemoryConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadySubscribedError",
+    "Backend",
+    "BackendConfig",
+    "BackendFeatures",
+    "BackendUnavailable",
+    "BusClosedError",
+    "BusOptions",
+    "Delivery",
+    "DeliverySink",
+    "Disposition",
+    "Envelope",
+    "EventBus",
+    "EventBusError",
+    "HandlerError",
+    "InvalidEnvelopeError",
+    "InvalidHandlerError",
+    "InvalidOptionError",
+    "InvalidTopicError",
+    "MemoryBroker",
+    "MemoryConfig",
+    "Message",
+    "MessageTooLargeError",
+    "Outcome",
+    "OutgoingMessage",
+    "PublishError",
+    "PublishResult",
+    "RetryPolicy",
+    "Statistics",
+    "TopicOptions",
+    "decode_envelope",
+    "encode_envelope",
+    "new_event_id",
+    "open_bus",
+    "validate_topic",
+]

@@ -1,0 +1,140 @@
+"""The backend contract: the few methods every backend implements, and the values crossing the seam.
+
+A backend moves bytes; the bus owns everything else (validation, envelopes, keyed lanes, retries, dead
+letters, publish results). The contract, which the conformance suite in :mod:`trio_eventbus.testing` checks:
+
+Publishing
+    :meth:`Backend.send` hands a batch of :class:`OutgoingMessage` to the broker (one bridge crossing per
+    batch) and returns without waiting for broker acks. For every message the backend later reports exactly
+    one :class:`Outcome` (``error=None`` on success) on the ``outcomes`` channel given to :meth:`Backend.start`,
+    in batches. Messages of one ``send`` call to one topic and key are stored in order. If ``send`` raises,
+    the bus reports the whole batch as failed. A message whose id (``message_id``) the broker has already
+    stored inside the topic's ``duplicate_window`` is acknowledged but not stored again (dedupe), where the
+    backend's ``features.dedupes`` says so.
+
+Consuming
+    :meth:`Backend.subscribe` starts delivering messages of ``(topic, group)`` to ``sink`` in batches; the sink
+    awaits while the bus's lanes are full (backpressure reaches the fetcher). Within a group each message goes
+    to one subscriber; every group gets every message. Delivery is at least once: a message is redelivered
+    until it is settled with ``ACK`` or ``TERM``, including after the subscriber goes away unsettled.
+    :meth:`Backend.settle` never blocks: the number of unsettled deliveries is bounded by the fetch window.
+    ``NAK`` asks for redelivery after ``delay`` seconds (backends that cannot delay redeliver on their own
+    schedule and say so with ``features.redelivers``); ``attempt`` of a redelivered message is one higher.
+
+Lifecycle
+    ``start`` connects (raising :class:`BackendUnavailable` on failure) and starts the backend's own tasks in
+    the bus's nursery. ``stop_consuming`` stops every fetcher; after it returns the sink is not called again.
+    ``close`` delivers outstanding outcomes and settlements, then closes the connection; the backend's tasks
+    end by themselves. Both are awaited by the bus inside shielded scopes with a deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import attrs
+import trio
+
+from ._options import TopicOptions
+
+__all__ = [
+    "Backend",
+    "BackendFeatures",
+    "Delivery",
+    "DeliverySink",
+    "Disposition",
+    "Outcome",
+    "OutgoingMessage",
+]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class BackendFeatures:
+    """What a backend guarantees; the conformance suite uses these flags to pick its checks."""
+
+    persistent: bool = True
+    consumer_groups: bool = True
+    ordered_per_key: bool = True
+    redelivers: bool = True
+    dedupes: bool = False
+    ephemeral_topics: bool = True
+
+
+@attrs.frozen(slots=True)
+class OutgoingMessage:
+    """A message on its way to the broker; ``seq`` identifies it in the :class:`Outcome`."""
+
+    seq: int
+    topic: str
+    body: bytes
+    headers: Mapping[str, str]
+    key: str | None
+    message_id: str | None
+
+
+@attrs.frozen(slots=True)
+class Outcome:
+    """The broker's verdict on the message with sequence number ``seq``."""
+
+    seq: int
+    error: BaseException | None = None
+
+
+class Disposition(enum.Enum):
+    """How a delivery is settled."""
+
+    ACK = "ack"  #: handled (or dead-lettered): never deliver again
+    NAK = "nak"  #: not handled: deliver again after the given delay
+    TERM = "term"  #: stop delivering this message (it was dead-lettered or is poison)
+
+
+@attrs.frozen(slots=True)
+class Delivery:
+    """One delivery of a stored message; ``token`` is the backend's handle for settling it."""
+
+    topic: str
+    body: bytes
+    headers: Mapping[str, str]
+    key: str | None
+    message_id: str | None
+    attempt: int
+    token: object = attrs.field(eq=False)
+
+
+class DeliverySink(Protocol):
+    """Where a backend's fetcher puts deliveries (the bus's router for one subscription)."""
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> None:
+        """Route every delivery to a lane or worker; waits while they are full (backpressure)."""
+
+
+class Backend(Protocol):
+    """The seam between the bus and a broker client (see the module docstring for the contract)."""
+
+    features: BackendFeatures
+
+    async def start(self, nursery: trio.Nursery, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> None:
+        """Connect and start background tasks in ``nursery``; return when ready."""
+
+    async def ensure_topic(self, topic: str, options: TopicOptions) -> None:
+        """Create the topic, or check/update an existing one, per ``options``."""
+
+    async def send(self, batch: Sequence[OutgoingMessage]) -> None:
+        """Hand ``batch`` to the broker; outcomes follow on the outcomes channel."""
+
+    async def subscribe(self, topic: str, group: str, options: TopicOptions, sink: DeliverySink) -> None:
+        """Start delivering ``(topic, group)`` to ``sink``; return once the subscription is live."""
+
+    def settle(self, delivery: Delivery, disposition: Disposition, delay: float = 0.0) -> None:
+        """Ack, nak (redeliver after ``delay`` seconds) or term one delivery. Never blocks."""
+
+    async def stop_consuming(self) -> None:
+        """Stop every fetcher; the sinks are not called after this returns."""
+
+    async def close(self) -> None:
+        """Flush outcomes and settlements, then close the connection."""
+
+    def statistics(self) -> dict[str, object]:
+        """Backend-specific live figures (connection state, reconnects, ...)."""

@@ -1,0 +1,335 @@
+"""EventBus and open_bus(): the public face, and the lifecycle that owns every task of the bus.
+
+Lifecycle (structured concurrency). ``open_bus`` opens one nursery holding the backend's tasks (connection,
+ack handler, fetchers), the publisher and results tasks, every lane and every worker; each starts with
+``nursery.start``, so ``open_bus`` returns only when the bus is ready, and start-up errors (a broker that is
+down, wrong credentials) come out of ``open_bus``.
+
+Graceful close, on leaving the ``async with`` block normally or with an exception:
+
+1. refuse new publishes and subscriptions (:class:`BusClosedError`, checked without awaiting);
+2. stop every fetcher;
+3. lanes and workers finish what they hold, and ack it (dead letters included);
+4. queued publishes are handed to the broker and every outcome is turned into its result;
+   steps 2-4 share ``BusOptions.close_timeout``; past it, handlers are cancelled and their messages nak'ed;
+5. the backend flushes acks and closes its connection (shielded, own deadline);
+6. the results channel ends, the nursery ends with zero tasks left.
+
+Hard stop: an outer cancellation (``Cancelled`` arriving in the block) cancels handlers at once and naks what
+they held; nothing unhandled is acked (it is redelivered later: at-least-once); acks of messages already
+handled are still flushed to the broker within a short shielded deadline.
+
+Exception policy: handler exceptions never escape (they are retried and dead-lettered). An error of the bus's
+own tasks (say, the broker going away for good) cancels the block and comes out of ``open_bus``; an exception
+raised in the block comes out as itself. ``open_bus`` unwraps an ``ExceptionGroup`` that holds one exception,
+so ``except teb.BackendUnavailable`` works; several unrelated errors stay grouped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import trio
+
+from ._abc import Backend
+from ._codec import encode_envelope
+from ._dispatch import Dispatcher, Handler, Subscription
+from ._envelope import Envelope, Message, freeze_headers
+from ._exceptions import (
+    AlreadySubscribedError,
+    BusClosedError,
+    InvalidEnvelopeError,
+    MessageTooLargeError,
+)
+from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_topic
+from ._publisher import EnvelopeMeta, PublishPipeline
+from ._topics import TopicRegistry
+
+__all__ = ["BackendConfig", "EventBus", "open_bus"]
+
+logger = logging.getLogger("trio_eventbus")
+_BACKEND_CLOSE_TIMEOUT = 10.0
+_HARD_STOP_ACK_TIMEOUT = 2.0
+
+
+class BackendConfig(Protocol):
+    """A backend configuration value (``MemoryConfig``, ``NatsConfig``, ``KafkaConfig``)."""
+
+    def create_backend(self) -> Backend:
+        """A new, unstarted backend for one bus."""
+
+
+class EventBus:
+    """A running bus; obtain one from :func:`open_bus`.
+
+    Every method may be called from any task of the Trio run that opened the bus. See the module docstring for
+    the lifecycle and :mod:`trio_eventbus._publisher` / :mod:`trio_eventbus._dispatch` for delivery details.
+    """
+
+    def __init__(self, backend: Backend, options: BusOptions) -> None:
+        self._backend = backend
+        self._options = options
+        self._topics = TopicRegistry(backend)
+        self._publisher = PublishPipeline(backend, options)
+        self._dispatcher = Dispatcher(backend, options, self._publisher, self._topics.ensure)
+        self._subscriptions: dict[tuple[str, str], Subscription] = {}
+        self._closing = False
+        self._closed = False
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        await self._publisher.start(nursery)
+        await self._dispatcher.start(nursery)
+        await self._backend.start(nursery, self._publisher.outcomes_send)
+
+    async def _close(self) -> None:
+        """Graceful close (see the module docstring); shielded, bounded by ``close_timeout``."""
+        self._closing = True
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self._options.close_timeout) as drain:
+                await self._backend.stop_consuming()
+                self._dispatcher.close_inputs()
+                await self._dispatcher.wait_finished()
+                self._publisher.close_queue()
+                await self._publisher.flush()
+            if drain.cancelled_caught:
+                logger.warning(
+                    "close_timeout (%.1fs) passed: cancelling %d handlers, %d publishes still pending",
+                    self._options.close_timeout,
+                    self._dispatcher.in_flight,
+                    self._publisher.pending,
+                )
+                self._publisher.stop_blocking_on_results()
+            await self._stop_backend()
+
+    async def _hard_stop(self) -> None:
+        self._closing = True
+        with trio.CancelScope(shield=True), trio.move_on_after(_HARD_STOP_ACK_TIMEOUT):
+            await self._backend.stop_consuming()
+            self._publisher.close_queue()
+            self._publisher.stop_blocking_on_results()
+            await self._backend.close()
+
+    async def _stop_backend(self) -> None:
+        with trio.move_on_after(_BACKEND_CLOSE_TIMEOUT) as cs:
+            await self._backend.close()
+        if cs.cancelled_caught:
+            logger.error("backend did not close within %.0fs", _BACKEND_CLOSE_TIMEOUT)
+        await self._publisher.finish()
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise BusClosedError("the bus is closed" if self._closed else "the bus is closing")
+
+    def _check_size(self, topic: str, body: bytes) -> None:
+        if len(body) > self._options.max_message_bytes:
+            raise MessageTooLargeError(
+                f"message to {topic!r} is {len(body)} bytes; max_message_bytes is {self._options.max_message_bytes}"
+            )
+
+    async def publish(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        confirm: bool = False,
+    ) -> None:
+        """Publish raw bytes.
+
+        ``key`` orders messages: subscribers handle messages with the same key in publish order (keyless ones
+        run on the worker pool). ``message_id`` lets the broker drop duplicates (NATS ``Nats-Msg-Id``).
+        Returns once the message is in the in-flight window (waits while the window is full: backpressure).
+        With ``confirm=True`` waits for the broker's ack and raises :class:`PublishError` on failure.
+        Raises :class:`BusClosedError` after close, ``ValueError`` subclasses for bad input (nothing sent).
+        """
+        self._check_open()
+        validate_topic(topic)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidEnvelopeError(f"data must be bytes, not {type(data).__name__}")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidEnvelopeError("key must be a non-empty str or None")
+        if message_id is not None and (not isinstance(message_id, str) or not message_id.strip()):
+            raise InvalidEnvelopeError("message_id must be a non-blank str or None")
+        body = bytes(data)
+        self._check_size(topic, body)
+        frozen = freeze_headers(headers)
+        if topic not in self._topics.ready:
+            await self._topics.ensure(topic)
+        await self._publisher.submit(topic, body, frozen, key, message_id, None, confirm=confirm)
+
+    async def publish_envelope(self, topic: str, envelope: Envelope, *, confirm: bool = False) -> None:
+        """Publish an envelope, keyed by its ``aggregate_id``, with ``event_id`` as the broker dedupe id.
+
+        Exactly one :class:`PublishResult` per call that returns (on ``publish_results()`` once opened, and on
+        ``BusOptions.on_publish_result``). Backpressure and ``confirm`` as in :meth:`publish`.
+        """
+        self._check_open()
+        validate_topic(topic)
+        if not isinstance(envelope, Envelope):
+            raise InvalidEnvelopeError(f"expected an Envelope, got {type(envelope).__name__}")
+        body, headers = encode_envelope(envelope)
+        self._check_size(topic, body)
+        if topic not in self._topics.ready:
+            await self._topics.ensure(topic)
+        meta = EnvelopeMeta(envelope.event_id, envelope.aggregate_id, envelope.event_type)
+        await self._publisher.submit(
+            topic, body, headers, envelope.aggregate_id, envelope.event_id, meta, confirm=confirm
+        )
+
+    async def flush(self) -> None:
+        """Wait until every publish accepted before this call has its broker ack or failure."""
+        await self._publisher.flush()
+
+    def publish_results(self) -> trio.MemoryReceiveChannel[PublishResult]:
+        """A receive channel of :class:`PublishResult`, one per envelope published after the first call.
+
+        Open it before publishing. While it is open, a full channel (``BusOptions.results_buffer``) holds
+        publish window slots: read it, or publishing stops (backpressure, never a silent drop). The channel
+        ends when the bus closes, after the last result. Several calls return clones sharing one stream.
+        """
+        self._check_open()
+        return self._publisher.results()
+
+    # -- subscribing -----------------------------------------------------------------------------------------
+
+    async def subscribe(
+        self, topic: str, handler: Callable[[Message], Awaitable[object]], *, group: str | None = None
+    ) -> None:
+        """Handle every message of ``topic`` with ``handler(Message)`` (an async function).
+
+        Ordering, retries and dead letters as described in :mod:`trio_eventbus._dispatch`. Within ``group``
+        (default ``BusOptions.group``) each message goes to one subscriber; each group gets every message.
+        Raises :class:`AlreadySubscribedError` for a second subscription of this bus to (topic, group).
+        """
+        await self._subscribe(topic, handler, group, envelopes=False)
+
+    async def subscribe_envelope(
+        self, topic: str, handler: Callable[[Envelope], Awaitable[object]], *, group: str | None = None
+    ) -> None:
+        """Like :meth:`subscribe`, decoding each message into an :class:`Envelope` (undecodable ones are
+        dead-lettered at once); envelopes of one aggregate are handled in publish order."""
+        await self._subscribe(topic, handler, group, envelopes=True)
+
+    async def _subscribe(self, topic: str, handler: Handler, group: str | None, *, envelopes: bool) -> None:
+        self._check_open()
+        validate_topic(topic)
+        group = self._options.group if group is None else group
+        if not isinstance(group, str) or not group or not group.replace("-", "").replace("_", "").isalnum():
+            raise InvalidEnvelopeError(f"group {group!r} must be a non-empty str of A-Z a-z 0-9 _ -")
+        sub = self._dispatcher.subscription(topic, group, handler, envelopes=envelopes)
+        if (topic, group) in self._subscriptions:
+            raise AlreadySubscribedError(f"this bus already subscribes to {topic!r} in group {group!r}")
+        self._subscriptions[(topic, group)] = sub
+        try:
+            await self._topics.ensure(topic)
+            await self._backend.subscribe(topic, group, self._topics.options(topic), sub)
+        except BaseException:
+            del self._subscriptions[(topic, group)]
+            raise
+
+    # -- topics ----------------------------------------------------------------------------------------------
+
+    async def configure_topic(self, topic: str, options: TopicOptions) -> None:
+        """Set ``options`` for ``topic`` and apply them on the broker now (create or update)."""
+        self._check_open()
+        await self._topics.configure(topic, options)
+
+    def topic_config(self, topic: str) -> TopicOptions:
+        """The options in force for ``topic`` (the defaults unless configured)."""
+        validate_topic(topic)
+        return self._topics.options(topic)
+
+    # -- introspection ---------------------------------------------------------------------------------------
+
+    def statistics(self) -> Statistics:
+        """A frozen snapshot of counters and live state."""
+        d = self._dispatcher
+        p = self._publisher
+        depths = d.lanes.depths()
+        return Statistics(
+            published=p.published,
+            publish_failed=p.failed,
+            pending_publishes=p.pending,
+            handled=d.handled,
+            handler_errors=d.handler_errors,
+            retries=d.retries,
+            dead_lettered=d.dead_lettered,
+            discarded=d.discarded,
+            undecodable=d.undecodable,
+            redelivered=d.redelivered,
+            in_flight=d.in_flight,
+            lane_depth_max=max(depths, default=0),
+            lanes_busy=d.lanes.busy,
+            worker_queue_depth=sum(d.workers.depths()),
+            results_dropped=p.results_dropped,
+            callback_errors=p.callback_errors,
+            tasks_alive=0 if self._nursery is None else len(self._nursery.child_tasks),
+            subscriptions=len(self._subscriptions),
+            closing=self._closing,
+            backend=self._backend.statistics(),
+        )
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        state = "closed" if self._closed else "closing" if self._closing else "open"
+        return (
+            f"<EventBus {state} backend={type(self._backend).__name__} subscriptions={s.subscriptions} "
+            f"published={s.published} pending={s.pending_publishes} handled={s.handled} "
+            f"in_flight={s.in_flight} lanes_busy={s.lanes_busy} lane_depth_max={s.lane_depth_max} "
+            f"tasks={s.tasks_alive}>"
+        )
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@asynccontextmanager
+async def open_bus(config: BackendConfig, *, options: BusOptions | None = None) -> AsyncIterator[EventBus]:
+    """Open a bus on ``config``'s backend; leaving the block closes it (see the module docstring).
+
+    Raises :class:`BackendUnavailable` when the broker cannot be reached or refuses the credentials.
+    """
+    options = BusOptions() if options is None else options
+    if not isinstance(options, BusOptions):
+        raise TypeError(f"options must be a BusOptions, not {type(options).__name__}")
+    backend = config.create_backend()
+    bus = EventBus(backend, options)
+    try:
+        async with trio.open_nursery() as nursery:
+            await bus._start(nursery)
+            try:
+                yield bus
+            except trio.Cancelled:
+                await bus._hard_stop()
+                raise
+            except BaseException:
+                await bus._close()
+                raise
+            else:
+                await bus._close()
+            finally:
+                bus._closed = True
+                if nursery.child_tasks:
+                    logger.debug("cancelling %d bus tasks left after close", len(nursery.child_tasks))
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from leaves[0].__cause__
+        raise

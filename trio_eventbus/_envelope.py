@@ -1,0 +1,144 @@
+"""Envelope and Message: the frozen values that travel through the bus.
+
+An :class:`Envelope` is a domain event with the identity fields the Go services of the seeds use; a
+:class:`Message` is what a raw (non-envelope) subscriber receives. Both are immutable; change them with
+``attrs.evolve``. Validation happens at construction, so an ``Envelope`` that exists is a valid one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import time
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._exceptions import InvalidEnvelopeError
+
+__all__ = ["Envelope", "Message", "new_event_id"]
+
+_AGGREGATE_ID_RE = re.compile(r"[A-Za-z0-9:_\-./]{1,256}")
+_HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # printable ASCII without ':' and space
+_EMPTY_HEADERS: Mapping[str, str] = types.MappingProxyType({})
+
+
+def new_event_id() -> str:
+    """Return a new UUIDv7-style id (48-bit millisecond timestamp, version 7, 74 random bits).
+
+    Ids sort by creation time, which keeps broker-side dedupe windows and outbox tables index-friendly.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def _to_utc(value: _dt.datetime) -> _dt.datetime:
+    if not isinstance(value, _dt.datetime):
+        raise InvalidEnvelopeError(f"timestamp must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None:
+        raise InvalidEnvelopeError("timestamp must be timezone-aware (use datetime.now(UTC))")
+    return value.astimezone(_dt.UTC)
+
+
+def _check_text(name: str, value: object, *, required: bool) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str):
+        raise InvalidEnvelopeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value.strip():
+        raise InvalidEnvelopeError(f"{name} must not be blank")
+    if "\r" in value or "\n" in value:
+        raise InvalidEnvelopeError(f"{name} must not contain line breaks (it travels in a header)")
+
+
+def freeze_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
+    """Validate and copy headers into a read-only mapping.
+
+    Names are printable ASCII without spaces or ':'; values are str without CR/LF (both NATS and Kafka
+    carry them). Raises ``InvalidEnvelopeError`` (a ``ValueError``) on anything else.
+    """
+    if not headers:
+        return _EMPTY_HEADERS
+    if not isinstance(headers, Mapping):
+        raise InvalidEnvelopeError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME_RE.fullmatch(name):
+            raise InvalidEnvelopeError(f"invalid header name {name!r}")
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise InvalidEnvelopeError(f"header {name!r} must be a str without line breaks")
+    return types.MappingProxyType(dict(headers))
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Envelope:
+    """A domain event.
+
+    ``aggregate_id`` is the ordering key: envelopes of one aggregate are handled in publish order, envelopes
+    of different aggregates concurrently. ``event_id`` identifies the event end to end (outbox row, broker
+    dedupe id, :class:`PublishResult`); it is generated when omitted. ``payload`` is opaque bytes; when it is
+    valid JSON it is embedded as JSON on the wire, as the Go services do.
+
+    Raises :class:`InvalidEnvelopeError` (a ``ValueError``) when a field is invalid: ids and type blank,
+    ``event_version`` not a positive int, empty or non-bytes payload, ``aggregate_id`` longer than 256
+    characters or outside ``A-Z a-z 0-9 : _ - . /``, a naive timestamp.
+    """
+
+    aggregate_id: str
+    event_type: str
+    event_version: int
+    payload: bytes
+    event_id: str = attrs.field(factory=new_event_id)
+    timestamp: _dt.datetime = attrs.field(factory=_utcnow, converter=_to_utc)
+    trace_id: str | None = None
+    correlation_id: str | None = None
+    tenant_id: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_text("event_id", self.event_id, required=True)
+        _check_text("event_type", self.event_type, required=True)
+        _check_text("aggregate_id", self.aggregate_id, required=True)
+        if not _AGGREGATE_ID_RE.fullmatch(self.aggregate_id):
+            raise InvalidEnvelopeError(
+                f"aggregate_id {self.aggregate_id[:40]!r} must be 1-256 characters from A-Z a-z 0-9 : _ - . /"
+            )
+        if isinstance(self.event_version, bool) or not isinstance(self.event_version, int):
+            raise InvalidEnvelopeError("event_version must be an int")
+        if not 0 < self.event_version < 2**63:
+            raise InvalidEnvelopeError(f"event_version must be > 0, got {self.event_version}")
+        if not isinstance(self.payload, bytes):
+            raise InvalidEnvelopeError(f"payload must be bytes, not {type(self.payload).__name__}")
+        if not self.payload:
+            raise InvalidEnvelopeError("payload must not be empty")
+        for name in ("trace_id", "correlation_id", "tenant_id"):
+            _check_text(name, getattr(self, name), required=False)
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Message:
+    """A message as a raw subscriber sees it.
+
+    ``key`` is the ordering key the publisher gave (``None`` for keyless messages, which run on the worker
+    pool). ``delivery_attempt`` counts broker deliveries and in-place retries, starting at 1.
+    """
+
+    topic: str
+    data: bytes
+    key: str | None = None
+    headers: Mapping[str, str] = _EMPTY_HEADERS
+    message_id: str | None = None
+    delivery_attempt: int = 1
+
+    def header(self, name: str, default: Any = None) -> Any:
+        """Return header ``name`` or ``default``."""
+        return self.headers.get(name, default)

@@ -1,0 +1,248 @@
+"""PublishPipeline: the bounded in-flight window, the publisher task, outcomes, results and flush.
+
+Flow: ``submit`` takes a slot of the window (waiting while ``max_pending_publishes`` messages are in flight:
+that is the backpressure), queues the message and returns; the publisher task hands queued messages to the
+backend in batches of up to ``publish_batch`` (one call, one bridge crossing); the backend reports one
+:class:`Outcome` per message; the results task turns outcomes into statistics, ``confirm`` wake-ups, the
+``on_publish_result`` callback and :class:`PublishResult` values on the results channel, and only then frees
+the window slot.
+
+Results policy: results go to the channel only once someone has called :meth:`PublishPipeline.results`
+(``EventBus.publish_results``); from then on a full results channel is backpressure (slots stay taken until
+the reader catches up), so nothing is dropped while the bus runs. Results that cannot be delivered because
+the close deadline passed with a full, unread channel are counted in ``results_dropped`` and logged.
+
+Ordering: messages are handed to the backend in submit order. ``flush`` waits until every message submitted
+before the call has its outcome (success or failure).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import attrs
+import trio
+
+from ._abc import Backend, Outcome, OutgoingMessage
+from ._exceptions import PublishError
+from ._options import BusOptions, PublishResult
+
+__all__ = ["EnvelopeMeta", "PublishPipeline"]
+
+logger = logging.getLogger("trio_eventbus")
+
+
+@attrs.frozen(slots=True)
+class EnvelopeMeta:
+    """What a PublishResult needs to know about an envelope."""
+
+    event_id: str
+    aggregate_id: str
+    event_type: str
+
+
+@attrs.define(slots=True, eq=False)
+class _Pending:
+    topic: str
+    meta: EnvelopeMeta | None
+    waiter: trio.Event | None
+    error: BaseException | None = None
+
+
+class PublishPipeline:
+    """See the module docstring."""
+
+    def __init__(self, backend: Backend, options: BusOptions) -> None:
+        self._backend = backend
+        self._options = options
+        window = options.max_pending_publishes
+        self._window = trio.Semaphore(window)
+        self._queue_send, self._queue_recv = trio.open_memory_channel[OutgoingMessage](window)
+        self.outcomes_send, self._outcomes_recv = trio.open_memory_channel[Sequence[Outcome]](window)
+        self._results_send: trio.MemorySendChannel[PublishResult] | None = None
+        self._results_recv: trio.MemoryReceiveChannel[PublishResult] | None = None
+        self._results_scope = trio.CancelScope()
+        self._drop_results = False
+        self._pending: dict[int, _Pending] = {}
+        self._seq = 0
+        self._frontier = 0
+        self._done_ahead: set[int] = set()
+        self._flush_waiters: list[tuple[int, trio.Event]] = []
+        self._results_task_done = trio.Event()
+        self.published = 0
+        self.failed = 0
+        self.results_dropped = 0
+        self.callback_errors = 0
+
+    @property
+    def pending(self) -> int:
+        """Messages submitted whose outcome has not arrived yet."""
+        return len(self._pending)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the publisher and results tasks."""
+        await nursery.start(self._publisher_task, name="teb-publisher")
+        await nursery.start(self._results_task, name="teb-results")
+
+    async def submit(
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        key: str | None,
+        message_id: str | None,
+        meta: EnvelopeMeta | None,
+        *,
+        confirm: bool,
+    ) -> None:
+        """Queue one message; with ``confirm`` wait for its outcome and raise :class:`PublishError` on failure.
+
+        Waits while the window is full. Cancellation while waiting for a slot queues nothing; cancellation
+        while waiting for a confirmation leaves the message queued (its outcome still arrives as a result).
+        """
+        try:
+            self._window.acquire_nowait()
+        except trio.WouldBlock:
+            await self._window.acquire()
+        self._seq += 1
+        seq = self._seq
+        waiter = trio.Event() if confirm else None
+        pending = self._pending[seq] = _Pending(topic, meta, waiter)
+        self._queue_send.send_nowait(OutgoingMessage(seq, topic, body, headers, key, message_id))
+        if waiter is not None:
+            await waiter.wait()
+            if pending.error is not None:
+                raise PublishError(f"publish to {topic!r} failed: {pending.error}") from pending.error
+
+    async def _publisher_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        limit = self._options.publish_batch
+        recv = self._queue_recv
+        async with recv:
+            async for first in recv:
+                batch = [first]
+                while len(batch) < limit:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                try:
+                    await self._backend.send(batch)
+                except Exception as exc:
+                    logger.warning("backend rejected a batch of %d messages: %r", len(batch), exc)
+                    await self.outcomes_send.send([Outcome(m.seq, exc) for m in batch])
+
+    async def _results_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            async with self._outcomes_recv:
+                async for outcomes in self._outcomes_recv:
+                    for outcome in outcomes:
+                        await self._complete(outcome.seq, outcome.error)
+        finally:
+            if self._results_send is not None:
+                self._results_send.close()
+            self._results_task_done.set()
+
+    async def _complete(self, seq: int, error: BaseException | None) -> None:
+        pending = self._pending.pop(seq, None)
+        if pending is None:
+            logger.error("backend reported a second outcome for message %d; ignored", seq)
+            return
+        if error is None:
+            self.published += 1
+        else:
+            self.failed += 1
+        if pending.waiter is not None:
+            pending.error = error
+            pending.waiter.set()
+        if pending.meta is not None:
+            await self._deliver_result(pending, error)
+        self._window.release()
+        self._advance(seq)
+
+    async def _deliver_result(self, pending: _Pending, error: BaseException | None) -> None:
+        meta = pending.meta
+        assert meta is not None
+        result = PublishResult(
+            event_id=meta.event_id,
+            topic=pending.topic,
+            aggregate_id=meta.aggregate_id,
+            event_type=meta.event_type,
+            success=error is None,
+            error=error,
+        )
+        callback = self._options.on_publish_result
+        if callback is not None:
+            try:
+                callback(result)
+            except Exception:
+                self.callback_errors += 1
+                logger.exception("on_publish_result callback failed for event %s", meta.event_id)
+        sender = self._results_send
+        if sender is None:
+            return
+        try:
+            sender.send_nowait(result)
+        except trio.WouldBlock:
+            if not self._drop_results:
+                self._results_scope = scope = trio.CancelScope()
+                with scope:
+                    await sender.send(result)
+                    return
+            self.results_dropped += 1
+            logger.error("publish result for event %s dropped: results channel full at close", meta.event_id)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.results_dropped += 1
+
+    def _advance(self, seq: int) -> None:
+        if seq != self._frontier + 1:
+            self._done_ahead.add(seq)
+            return
+        frontier = seq
+        ahead = self._done_ahead
+        while frontier + 1 in ahead:
+            frontier += 1
+            ahead.remove(frontier)
+        self._frontier = frontier
+        if self._flush_waiters:
+            still = []
+            for target, event in self._flush_waiters:
+                if target <= frontier:
+                    event.set()
+                else:
+                    still.append((target, event))
+            self._flush_waiters = still
+
+    async def flush(self) -> None:
+        """Wait until every message submitted before this call has its outcome."""
+        target = self._seq
+        if self._frontier >= target:
+            await trio.lowlevel.checkpoint()
+            return
+        event = trio.Event()
+        self._flush_waiters.append((target, event))
+        await event.wait()
+
+    def results(self) -> trio.MemoryReceiveChannel[PublishResult]:
+        """The results channel (created on first call; each call returns a clone sharing the stream)."""
+        if self._results_recv is None:
+            self._results_send, self._results_recv = trio.open_memory_channel[PublishResult](
+                self._options.results_buffer
+            )
+        return self._results_recv.clone()
+
+    def close_queue(self) -> None:
+        """No more submissions: the publisher task hands over what is queued, then exits."""
+        self._queue_send.close()
+
+    def stop_blocking_on_results(self) -> None:
+        """Close deadline passed: count undeliverable results as dropped instead of waiting for a reader."""
+        self._drop_results = True
+        self._results_scope.cancel()
+
+    async def finish(self) -> None:
+        """After the backend closed: end the results task (it closes the results channel)."""
+        self.outcomes_send.close()
+        await self._results_task_done.wait()

@@ -1,0 +1,1 @@
+"""Backends: memory (in-process), nats (JetStream via nats-py), kafka (aiokafka)."""
