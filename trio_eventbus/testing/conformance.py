@@ -1,0 +1,521 @@
+"""The backend conformance suite: one set of behaviour checks that every backend must pass.
+
+Use it from a test module that provides a ``backend_case`` fixture returning a :class:`BackendCase`::
+
+    from trio_eventbus.testing.conformance import *  # noqa: F403  (the test functions)
+
+    @pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.nats)])
+    def backend_case(request): ...
+
+A :class:`BackendCase` makes configs for one test (several buses of one test must reach the same broker) and
+states the backend's features; checks that need a feature the backend lacks are not collected for it — they
+assert the feature flag instead (a backend never silently passes a check it cannot run). Every check runs
+under ``trio.fail_after(case.timeout)``, waits on events rather than sleeping, and uses unique topic names.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+import trio_eventbus as teb
+from trio_eventbus.testing import all_tasks
+
+__all__ = [
+    "BackendCase",
+    "test_close_during_load_loses_nothing",
+    "test_concurrent_publishers_and_subscribers",
+    "test_confirm_waits_for_ack",
+    "test_dead_letter_after_last_retry",
+    "test_duplicate_subscribe_raises",
+    "test_exactly_one_publish_result_per_envelope",
+    "test_many_topics_are_isolated",
+    "test_oversize_and_bad_input_keep_bus_running",
+    "test_per_key_order_across_lanes",
+    "test_publish_after_close_raises",
+    "test_publish_then_subscribe_persistent",
+    "test_raw_messages_keep_key_headers_and_id",
+    "test_redelivery_after_handler_errors",
+    "test_two_groups_each_get_everything",
+    "test_undecodable_envelope_is_dead_lettered",
+]
+
+_counter = itertools.count()
+
+
+@attrs.frozen
+class BackendCase:
+    """A backend under test: ``config()`` returns a config for one more bus on the same broker."""
+
+    name: str
+    config: Callable[[], teb.BackendConfig]
+    features: teb.BackendFeatures
+    timeout: float = 60.0
+
+
+def unique_topic(case: BackendCase, stem: str) -> str:
+    """A topic name no other test (or earlier run against a shared broker) uses."""
+    return f"teb-{case.name}-{stem}-{os.getpid()}-{next(_counter)}"
+
+
+def envelope(aggregate: str, n: int, **extra: Any) -> teb.Envelope:
+    """A test envelope whose payload carries its sequence number."""
+    return teb.Envelope(aggregate_id=aggregate, event_type="Tested", event_version=1, payload=b'{"n":%d}' % n, **extra)
+
+
+def seq_of(env: teb.Envelope) -> int:
+    """The sequence number stored by :func:`envelope`."""
+    return int(env.payload[5:-1])
+
+
+class Counter:
+    """Counts calls and sets ``done`` once ``target`` is reached."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.done = trio.Event()
+
+    def hit(self, n: int = 1) -> None:
+        self.count += n
+        if self.count >= self.target:
+            self.done.set()
+
+
+def fast_retry(attempts: int = 3, strategy: str = "in_place") -> teb.RetryPolicy:
+    return teb.RetryPolicy(max_attempts=attempts, initial_backoff=0.01, max_backoff=0.05, strategy=strategy)  # type: ignore[arg-type]
+
+
+async def test_publish_then_subscribe_persistent(backend_case: BackendCase) -> None:
+    """Messages published before anyone subscribes are delivered once a subscriber arrives."""
+    case = backend_case
+    if not case.features.persistent:
+        pytest.fail(f"{case.name} must be persistent")  # every shipped backend is
+    topic = unique_topic(case, "persist")
+    got: list[teb.Envelope] = []
+    counter = Counter(50)
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config()) as bus:
+            await bus.configure_topic(topic, teb.TopicOptions())
+            for i in range(50):
+                await bus.publish_envelope(topic, envelope("agg-1", i))
+            await bus.flush()
+            assert bus.statistics().published == 50
+
+            async def handler(env: teb.Envelope) -> None:
+                got.append(env)
+                counter.hit()
+
+            await bus.subscribe_envelope(topic, handler, group="late")
+            await counter.done.wait()
+        assert [seq_of(e) for e in got] == list(range(50))
+
+
+async def test_concurrent_publishers_and_subscribers(backend_case: BackendCase) -> None:
+    """Four publishers and a subscriber running concurrently: every message arrives, none twice."""
+    case = backend_case
+    topic = unique_topic(case, "concurrent")
+    seen: list[int] = []
+    counter = Counter(4 * 250)
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config(), options=teb.BusOptions(lanes=8, workers=4)) as bus:
+
+            async def handler(msg: teb.Message) -> None:
+                seen.append(int(msg.data))
+                counter.hit()
+
+            await bus.subscribe(topic, handler)
+
+            async def producer(p: int) -> None:
+                for i in range(250):
+                    await bus.publish(topic, b"%d" % (p * 1000 + i), key=f"k{i % 7}" if p % 2 else None)
+
+            async with trio.open_nursery() as nursery:
+                for p in range(4):
+                    nursery.start_soon(producer, p)
+            await counter.done.wait()
+    assert sorted(seen) == sorted(p * 1000 + i for p in range(4) for i in range(250))
+
+
+async def test_many_topics_are_isolated(backend_case: BackendCase) -> None:
+    """Each subscriber sees only its own topic's messages."""
+    case = backend_case
+    topics = [unique_topic(case, f"iso{t}") for t in range(6)]
+    seen: dict[str, list[str]] = defaultdict(list)
+    counter = Counter(6 * 20)
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config()) as bus:
+            for topic in topics:
+
+                async def handler(msg: teb.Message, topic: str = topic) -> None:
+                    seen[topic].append(msg.data.decode())
+                    counter.hit()
+
+                await bus.subscribe(topic, handler)
+            for i in range(20):
+                for topic in topics:
+                    await bus.publish(topic, topic.encode(), key=f"k{i}")
+            await counter.done.wait()
+            await bus.flush()
+    for topic in topics:
+        assert seen[topic] == [topic] * 20
+
+
+async def test_per_key_order_across_lanes(backend_case: BackendCase) -> None:
+    """100 keys x 100 envelopes through 16 lanes: every key's envelopes are handled in publish order."""
+    case = backend_case
+    if not case.features.ordered_per_key:
+        assert not case.features.ordered_per_key
+        return
+    topic = unique_topic(case, "order")
+    last: dict[str, int] = {}
+    violations = 0
+    counter = Counter(100 * 100)
+    with trio.fail_after(case.timeout * 2):
+        async with teb.open_bus(case.config(), options=teb.BusOptions(lanes=16, lane_buffer=32)) as bus:
+
+            async def handler(env: teb.Envelope) -> None:
+                nonlocal violations
+                n = seq_of(env)
+                if last.get(env.aggregate_id, -1) != n - 1:
+                    violations += 1
+                last[env.aggregate_id] = n
+                if n % 3 == 0:
+                    await trio.lowlevel.checkpoint()  # interleave lanes
+                counter.hit()
+
+            await bus.subscribe_envelope(topic, handler)
+            for n in range(100):
+                for a in range(100):
+                    await bus.publish_envelope(topic, envelope(f"order-{a}", n))
+            await counter.done.wait()
+    assert violations == 0
+    assert last == {f"order-{a}": 99 for a in range(100)}
+
+
+@pytest.mark.parametrize("strategy", ["in_place", "redeliver"])
+async def test_redelivery_after_handler_errors(backend_case: BackendCase, strategy: str) -> None:
+    """A handler failing twice per message succeeds on the third attempt; nothing is dead-lettered."""
+    case = backend_case
+    topic = unique_topic(case, f"retry-{strategy}")
+    attempts: dict[str, list[int]] = defaultdict(list)
+    counter = Counter(10)
+    options = teb.BusOptions(retry=fast_retry(5, strategy))
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config(), options=options) as bus:
+
+            async def handler(msg: teb.Message) -> None:
+                attempts[msg.data.decode()].append(msg.delivery_attempt)
+                if len(attempts[msg.data.decode()]) < 3:
+                    raise RuntimeError("not yet")
+                counter.hit()
+
+            await bus.subscribe(topic, handler)
+            for i in range(10):
+                await bus.publish(topic, b"m%d" % i, key=f"k{i}")
+            await counter.done.wait()
+            stats = bus.statistics()
+    assert all(seq == [1, 2, 3] for seq in attempts.values()), attempts
+    assert stats.handler_errors == 20
+    assert stats.retries == 20
+    assert stats.dead_lettered == 0
+    if strategy == "redeliver" and case.features.redelivers:
+        assert stats.redelivered == 20
+    else:
+        assert stats.redelivered == 0
+
+
+async def test_dead_letter_after_last_retry(backend_case: BackendCase) -> None:
+    """After the last attempt the message goes to <topic>.dlq with cause headers, and is not redelivered."""
+    case = backend_case
+    topic = unique_topic(case, "dlq")
+    dead: list[teb.Message] = []
+    got_dead = trio.Event()
+    good = Counter(2)
+    calls = 0
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config(), options=teb.BusOptions(retry=fast_retry(3))) as bus:
+
+            async def handler(msg: teb.Message) -> None:
+                nonlocal calls
+                if msg.data == b"poison":
+                    calls += 1
+                    raise ValueError("cannot digest\nthis")
+                good.hit()
+
+            async def on_dead(msg: teb.Message) -> None:
+                dead.append(msg)
+                got_dead.set()
+
+            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic + ".dlq", on_dead)
+            await bus.publish(topic, b"ok-1", key="a")
+            await bus.publish(topic, b"poison", key="a", headers={"X-Custom": "kept"})
+            await bus.publish(topic, b"ok-2", key="a")
+            await got_dead.wait()
+            await good.done.wait()
+            stats = bus.statistics()
+    assert calls == 3
+    assert len(dead) == 1
+    msg = dead[0]
+    assert msg.data == b"poison"
+    assert msg.key == "a"
+    assert msg.headers["X-DLQ-Topic"] == topic
+    assert msg.headers["X-DLQ-Attempts"] == "3"
+    assert msg.headers["X-DLQ-Reason"] == "handler-failed"
+    assert msg.headers["X-DLQ-Error"] == "ValueError: cannot digest this"
+    assert msg.headers["X-Custom"] == "kept"
+    assert stats.dead_lettered == 1
+    assert stats.handler_errors == 3
+
+
+async def test_undecodable_envelope_is_dead_lettered(backend_case: BackendCase) -> None:
+    """Bytes that are not an envelope go to the dead-letter topic at once, without calling the handler."""
+    case = backend_case
+    topic = unique_topic(case, "garbage")
+    dead: list[teb.Message] = []
+    got_dead = trio.Event()
+    good = trio.Event()
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config()) as bus:
+
+            async def handler(env: teb.Envelope) -> None:
+                good.set()
+
+            async def on_dead(msg: teb.Message) -> None:
+                dead.append(msg)
+                got_dead.set()
+
+            await bus.subscribe_envelope(topic, handler)
+            await bus.subscribe(topic + ".dlq", on_dead)
+            await bus.publish(topic, b"\xff not json", key="x")
+            await bus.publish_envelope(topic, envelope("x", 1))
+            await got_dead.wait()
+            await good.wait()
+            stats = bus.statistics()
+    assert [m.data for m in dead] == [b"\xff not json"]
+    assert dead[0].headers["X-DLQ-Reason"] == "undecodable"
+    assert dead[0].headers["X-DLQ-Error"].startswith("InvalidEnvelopeError")
+    assert stats.undecodable == 1
+    assert stats.handler_errors == 0
+
+
+async def test_two_groups_each_get_everything(backend_case: BackendCase) -> None:
+    """Two buses in different groups each handle every message; two buses in one group split them."""
+    case = backend_case
+    if not case.features.consumer_groups:
+        assert not case.features.consumer_groups
+        return
+    topic = unique_topic(case, "groups")
+    seen: dict[str, list[int]] = defaultdict(list)
+    total = Counter(3 * 100)
+    with trio.fail_after(case.timeout):
+        async with (
+            teb.open_bus(case.config()) as a,
+            teb.open_bus(case.config()) as b,
+            teb.open_bus(case.config()) as c,
+        ):
+            for bus, group, name in ((a, "g1", "a"), (b, "g2", "b"), (c, "g2", "c")):
+
+                async def handler(msg: teb.Message, name: str = name) -> None:
+                    seen[name].append(int(msg.data))
+                    total.hit()
+
+                await bus.subscribe(topic, handler, group=group)
+            for i in range(200):
+                await a.publish(topic, b"%d" % i, key=f"k{i % 10}")
+            await a.flush()
+            total.target = 2 * 200
+            if total.count >= total.target:
+                total.done.set()
+            await total.done.wait()
+    assert sorted(seen["a"]) == list(range(200))
+    assert sorted(seen["b"] + seen["c"]) == list(range(200))
+
+
+async def test_close_during_load_loses_nothing(backend_case: BackendCase) -> None:
+    """Closing a bus in the middle of a stream: a later bus in the same group gets the rest; no task left."""
+    case = backend_case
+    topic = unique_topic(case, "closeload")
+    handled: set[int] = set()
+    first_batch = Counter(100)
+    tasks_before = len(all_tasks())
+    with trio.fail_after(case.timeout * 2):
+        async with teb.open_bus(case.config()) as pub:
+            results = pub.publish_results()
+            async with teb.open_bus(case.config(), options=teb.BusOptions(close_timeout=5)) as bus:
+
+                async def slow(env: teb.Envelope) -> None:
+                    await trio.lowlevel.checkpoint()
+                    handled.add(seq_of(env))
+                    first_batch.hit()
+
+                await bus.subscribe_envelope(topic, slow, group="work")
+                for i in range(1000):
+                    await pub.publish_envelope(topic, envelope(f"agg-{i % 13}", i))
+                await first_batch.done.wait()
+            # the first bus is gone, with its tasks
+            assert bus.statistics().tasks_alive == 0
+            with pytest.raises(teb.BusClosedError):
+                await bus.publish(topic, b"x")
+            await pub.flush()
+            ok = 0
+            while ok < 1000:
+                result = await results.receive()
+                assert result.success, result
+                ok += 1
+            rest = Counter(1000)
+            rest.hit(len(handled))
+            async with teb.open_bus(case.config()) as bus2:
+
+                async def finish(env: teb.Envelope) -> None:
+                    handled.add(seq_of(env))
+                    rest.count = len(handled)
+                    if rest.count >= 1000:
+                        rest.done.set()
+
+                await bus2.subscribe_envelope(topic, finish, group="work")
+                await rest.done.wait()
+    assert handled == set(range(1000))
+    assert len(all_tasks()) == tasks_before
+
+
+async def test_publish_after_close_raises(backend_case: BackendCase) -> None:
+    """Publishing or subscribing on a closed bus raises BusClosedError, without awaiting anything."""
+    case = backend_case
+    topic = unique_topic(case, "closed")
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config()) as bus:
+            await bus.publish(topic, b"x")
+        with pytest.raises(teb.BusClosedError):
+            await bus.publish(topic, b"y")
+        with pytest.raises(teb.BusClosedError):
+            await bus.publish_envelope(topic, envelope("a", 1))
+
+        async def handler(msg: teb.Message) -> None:
+            raise AssertionError("unreachable")
+
+        with pytest.raises(teb.BusClosedError):
+            await bus.subscribe(topic, handler)
+        assert bus.statistics().closing
+
+
+async def test_duplicate_subscribe_raises(backend_case: BackendCase) -> None:
+    """A second subscription of one bus to the same (topic, group) raises; another group is fine."""
+    case = backend_case
+    topic = unique_topic(case, "dupsub")
+
+    async def handler(msg: teb.Message) -> None:
+        return None
+
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config()) as bus:
+            await bus.subscribe(topic, handler)
+            with pytest.raises(teb.AlreadySubscribedError):
+                await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="other")
+            assert bus.statistics().subscriptions == 2
+
+
+async def test_exactly_one_publish_result_per_envelope(backend_case: BackendCase) -> None:
+    """Every envelope gets exactly one PublishResult (channel and callback); the channel ends at close."""
+    case = backend_case
+    topic = unique_topic(case, "results")
+    via_callback: list[teb.PublishResult] = []
+    received: list[teb.PublishResult] = []
+    options = teb.BusOptions(on_publish_result=via_callback.append, results_buffer=16, publish_batch=7)
+
+    async def reader(results: trio.MemoryReceiveChannel[teb.PublishResult]) -> None:
+        async with results:
+            async for result in results:
+                received.append(result)
+
+    with trio.fail_after(case.timeout):
+        async with trio.open_nursery() as nursery, teb.open_bus(case.config(), options=options) as bus:
+            nursery.start_soon(reader, bus.publish_results())
+            sent = [envelope(f"agg-{i % 5}", i) for i in range(300)]
+            for env in sent:
+                await bus.publish_envelope(topic, env)
+            await bus.publish(topic, b"raw messages get no result")
+            await bus.flush()
+        # leaving the bus ends the results channel, which ends the reader
+    ids = [e.event_id for e in sent]
+    assert sorted(r.event_id for r in received) == sorted(ids)
+    assert all(r.success and r.topic == topic and r.event_type == "Tested" for r in received)
+    assert sorted(r.event_id for r in via_callback) == sorted(ids)
+
+
+async def test_confirm_waits_for_ack(backend_case: BackendCase) -> None:
+    """confirm=True returns after the broker's ack: the outcome is already counted."""
+    case = backend_case
+    topic = unique_topic(case, "confirm")
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config()) as bus:
+            for i in range(5):
+                await bus.publish_envelope(topic, envelope("c", i), confirm=True)
+                stats = bus.statistics()
+                assert stats.published == i + 1
+                assert stats.pending_publishes == 0
+
+
+async def test_raw_messages_keep_key_headers_and_id(backend_case: BackendCase) -> None:
+    """A raw message arrives with its bytes, key, headers and message id intact."""
+    case = backend_case
+    topic = unique_topic(case, "raw")
+    got: list[teb.Message] = []
+    arrived = trio.Event()
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config()) as bus:
+
+            async def handler(msg: teb.Message) -> None:
+                got.append(msg)
+                arrived.set()
+
+            await bus.subscribe(topic, handler)
+            await bus.publish(topic, b"\x00\x01binary", key="user-7", headers={"k": "v"}, message_id="m-1")
+            await arrived.wait()
+    (msg,) = got
+    assert (msg.topic, msg.data, msg.key, msg.message_id, msg.delivery_attempt) == (
+        topic,
+        b"\x00\x01binary",
+        "user-7",
+        "m-1",
+        1,
+    )
+    assert msg.headers["k"] == "v"
+
+
+async def test_oversize_and_bad_input_keep_bus_running(backend_case: BackendCase) -> None:
+    """Bad input raises a typed error at the call, nothing is sent, and the bus keeps working."""
+    case = backend_case
+    topic = unique_topic(case, "bad")
+    arrived = trio.Event()
+    with trio.fail_after(case.timeout):
+        async with teb.open_bus(case.config(), options=teb.BusOptions(max_message_bytes=1000)) as bus:
+
+            async def handler(msg: teb.Message) -> None:
+                assert msg.data == b"fine"
+                arrived.set()
+
+            with pytest.raises(teb.MessageTooLargeError):
+                await bus.publish(topic, b"x" * 1001)
+            for bad_topic in ("", " ", "a b", "orders.*", "orders.>", "a..b", ".a", "x" * 250):
+                with pytest.raises(teb.InvalidTopicError):
+                    await bus.publish(bad_topic, b"x")
+            with pytest.raises(teb.InvalidEnvelopeError):
+                await bus.publish(topic, "text, not bytes")  # type: ignore[arg-type]
+            with pytest.raises(teb.InvalidEnvelopeError):
+                await bus.publish_envelope(topic, b"not an envelope")  # type: ignore[arg-type]
+            with pytest.raises(teb.InvalidHandlerError):
+                await bus.subscribe(topic, lambda msg: None)  # type: ignore[arg-type,return-value]
+            assert bus.statistics().published == 0
+            await bus.subscribe(topic, handler)
+            await bus.publish(topic, b"fine")
+            await arrived.wait()
