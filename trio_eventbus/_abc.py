@@ -37,6 +37,7 @@ from typing import Protocol
 import attrs
 import trio
 
+from ._envelope import Envelope
 from ._options import TopicOptions
 
 __all__ = [
@@ -64,7 +65,11 @@ class BackendFeatures:
 
 @attrs.frozen(slots=True)
 class OutgoingMessage:
-    """A message on its way to the broker; ``seq`` identifies it in the :class:`Outcome`."""
+    """A message on its way to the broker; ``seq`` identifies it in the :class:`Outcome`.
+
+    ``envelope`` is the envelope ``body`` encodes (None for raw messages). In-process backends may hand it to
+    the consumer as :attr:`Delivery.envelope` to skip decoding; brokers ignore it.
+    """
 
     seq: int
     topic: str
@@ -72,6 +77,7 @@ class OutgoingMessage:
     headers: Mapping[str, str]
     key: str | None
     message_id: str | None
+    envelope: Envelope | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(slots=True)
@@ -92,7 +98,10 @@ class Disposition(enum.Enum):
 
 @attrs.frozen(slots=True)
 class Delivery:
-    """One delivery of a stored message; ``token`` is the backend's handle for settling it."""
+    """One delivery of a stored message; ``token`` is the backend's handle for settling it.
+
+    ``envelope``, when set, is the already-decoded envelope of ``body`` (see :class:`OutgoingMessage`).
+    """
 
     topic: str
     body: bytes
@@ -101,6 +110,7 @@ class Delivery:
     message_id: str | None
     attempt: int
     token: object = attrs.field(eq=False)
+    envelope: Envelope | None = attrs.field(default=None, eq=False)
 
 
 class DeliverySink(Protocol):

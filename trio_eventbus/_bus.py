@@ -46,6 +46,7 @@ from ._exceptions import (
 )
 from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_topic
 from ._publisher import EnvelopeMeta, PublishPipeline
+from ._results import ResultChannel
 from ._topics import TopicRegistry
 
 __all__ = ["BackendConfig", "EventBus", "open_bus"]
@@ -184,19 +185,21 @@ class EventBus:
             await self._topics.ensure(topic)
         meta = EnvelopeMeta(envelope.event_id, envelope.aggregate_id, envelope.event_type)
         await self._publisher.submit(
-            topic, body, headers, envelope.aggregate_id, envelope.event_id, meta, confirm=confirm
+            topic, body, headers, envelope.aggregate_id, envelope.event_id, meta, confirm=confirm, envelope=envelope
         )
 
     async def flush(self) -> None:
         """Wait until every publish accepted before this call has its broker ack or failure."""
         await self._publisher.flush()
 
-    def publish_results(self) -> trio.MemoryReceiveChannel[PublishResult]:
+    def publish_results(self) -> ResultChannel[PublishResult]:
         """A receive channel of :class:`PublishResult`, one per envelope published after the first call.
 
         Open it before publishing. While it is open, a full channel (``BusOptions.results_buffer``) holds
-        publish window slots: read it, or publishing stops (backpressure, never a silent drop). The channel
-        ends when the bus closes, after the last result. Several calls return clones sharing one stream.
+        publish window slots: read it, or publishing stops (backpressure, never a silent drop); the bus resumes
+        once the reader has drained half of it. The channel ends when the bus closes, after the last result.
+        Several calls return the same channel. Closing it (``aclose``) stops delivery; later results are
+        counted in ``Statistics.results_dropped``.
         """
         self._check_open()
         return self._publisher.results()

@@ -50,11 +50,17 @@ def _reject_constant(name: str) -> Any:
 
 def format_timestamp(ts: _dt.datetime) -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-01-02T03:04:05.123456Z``."""
-    return ts.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    iso = ts.astimezone(_dt.UTC).isoformat()
+    return f"{iso[:-6]}Z" if len(iso) == 32 else f"{iso[:-6]}.000000Z"
 
 
 def parse_timestamp(text: str) -> _dt.datetime:
     """Parse RFC 3339 (``Z`` or offset, 0-9 fractional digits; nanoseconds are truncated)."""
+    if len(text) == 27 and text[26] == "Z" and text[19] == ".":  # our own format: the fast path
+        try:
+            return _dt.datetime.fromisoformat(text[:26]).replace(tzinfo=_dt.UTC)
+        except ValueError:
+            pass
     m = _TS_RE.fullmatch(text)
     if m is None:
         raise InvalidEnvelopeError(f"timestamp {text[:40]!r} is not RFC 3339")
@@ -97,32 +103,45 @@ def envelope_headers(env: Envelope, *, base64_payload: bool = False) -> dict[str
     return headers
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9:_\-./ ]*")  # needs no JSON escaping
+_json_string = json.encoder.encode_basestring  # C-accelerated, no ASCII escaping
+
+
+def _quote(value: str) -> str:
+    return f'"{value}"' if _PLAIN.fullmatch(value) else _json_string(value)
+
+
 def encode_envelope(env: Envelope) -> tuple[bytes, dict[str, str]]:
     """Encode an envelope into (body, headers). Pure and deterministic."""
-    dumps = json.dumps
-    parts = [
-        '{"event_id":',
-        dumps(env.event_id),
-        ',"aggregate_id":',
-        dumps(env.aggregate_id),
-        ',"event_type":',
-        dumps(env.event_type),
-        ',"event_version":',
-        str(env.event_version),
-        ',"timestamp":"',
-        format_timestamp(env.timestamp),
-        '"',
-    ]
-    for name, _ in _OPTIONAL:
-        value = getattr(env, name)
-        if value is not None:
-            parts += [',"', name, '":', dumps(value)]
+    stamp = format_timestamp(env.timestamp)
+    # the Envelope converter guarantees a UTC timestamp; aggregate_id's alphabet needs no escaping
+    text = (
+        f'{{"event_id":{_quote(env.event_id)},"aggregate_id":"{env.aggregate_id}",'
+        f'"event_type":{_quote(env.event_type)},"event_version":{env.event_version},'
+        f'"timestamp":"{stamp}"'
+    )
+    headers = {
+        H_EVENT_ID: env.event_id,
+        H_AGGREGATE_ID: env.aggregate_id,
+        H_EVENT_TYPE: env.event_type,
+        H_EVENT_VERSION: str(env.event_version),
+    }
+    if env.trace_id is not None:
+        text += f',"trace_id":{_quote(env.trace_id)}'
+        headers[H_TRACE_ID] = env.trace_id
+    if env.correlation_id is not None:
+        text += f',"correlation_id":{_quote(env.correlation_id)}'
+        headers[H_CORRELATION_ID] = env.correlation_id
+    if env.tenant_id is not None:
+        text += f',"tenant_id":{_quote(env.tenant_id)}'
+        headers[H_TENANT_ID] = env.tenant_id
     raw = _embeddable(env.payload)
     if raw is None:
-        parts += [',"payload":"', base64.b64encode(env.payload).decode("ascii"), '"}']
+        headers[H_PAYLOAD_ENCODING] = "base64"
+        text += f',"payload":"{base64.b64encode(env.payload).decode("ascii")}"}}'
     else:
-        parts += [',"payload":', raw, "}"]
-    return "".join(parts).encode("utf-8"), envelope_headers(env, base64_payload=raw is None)
+        text += f',"payload":{raw}}}'
+    return text.encode("utf-8"), headers
 
 
 def _skip_ws(text: str, i: int) -> int:
@@ -166,6 +185,34 @@ def _scan_object(text: str) -> dict[str, tuple[Any, str]]:
     return out
 
 
+def _fast_fields(text: str) -> dict[str, tuple[Any, str]] | None:
+    """The common case in C speed: ``payload`` is the last field (our encoder and Go's put it there).
+
+    The payload's source text is the suffix after the last ``"payload":`` key; that key cannot occur inside
+    a JSON string (its quote would be escaped), and a match inside a nested object leaves unbalanced closing
+    brackets, which fail to parse. Returns None when the fast path does not apply.
+    """
+    try:
+        obj = _decoder.decode(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or "payload" not in obj:
+        return None
+    at = text.rfind('"payload":')
+    end = text.rstrip(_WS)
+    if at < 0 or not end.endswith("}"):
+        return None
+    raw = end[at + 10 : -1].strip(_WS)
+    try:
+        if _decoder.decode(raw) != obj["payload"]:
+            return None
+    except (ValueError, RecursionError):
+        return None
+    fields = {key: (value, "") for key, value in obj.items()}
+    fields["payload"] = (obj["payload"], raw)
+    return fields
+
+
 def decode_envelope(body: bytes, headers: Mapping[str, str] | None = None) -> Envelope:
     """Decode (body, headers) produced by :func:`encode_envelope` or by the Go services.
 
@@ -173,7 +220,8 @@ def decode_envelope(body: bytes, headers: Mapping[str, str] | None = None) -> En
     messages at once instead of retrying them.
     """
     try:
-        fields = _scan_object(body.decode("utf-8"))
+        text = body.decode("utf-8")
+        fields = _fast_fields(text) or _scan_object(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidEnvelopeError(f"undecodable envelope: {exc}") from exc
     unknown = fields.keys() - _FIELDS

@@ -143,7 +143,7 @@ class Dispatcher:
             value: Envelope | Message
             if sub.envelopes:
                 try:
-                    value = decode_envelope(delivery.body, delivery.headers)
+                    value = delivery.envelope or decode_envelope(delivery.body, delivery.headers)
                 except InvalidEnvelopeError as exc:
                     self.undecodable += 1
                     await self._dead_letter(sub, delivery, exc, delivery.attempt, "undecodable")

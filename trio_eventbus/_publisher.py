@@ -25,8 +25,10 @@ import attrs
 import trio
 
 from ._abc import Backend, Outcome, OutgoingMessage
+from ._envelope import Envelope
 from ._exceptions import PublishError
 from ._options import BusOptions, PublishResult
+from ._results import ResultChannel
 
 __all__ = ["EnvelopeMeta", "PublishPipeline"]
 
@@ -57,11 +59,12 @@ class PublishPipeline:
         self._backend = backend
         self._options = options
         window = options.max_pending_publishes
-        self._window = trio.Semaphore(window)
+        self._free = window
+        self._resume_at = max(1, min(window // 4, options.publish_batch))
+        self._space = trio.lowlevel.ParkingLot()
         self._queue_send, self._queue_recv = trio.open_memory_channel[OutgoingMessage](window)
         self.outcomes_send, self._outcomes_recv = trio.open_memory_channel[Sequence[Outcome]](window)
-        self._results_send: trio.MemorySendChannel[PublishResult] | None = None
-        self._results_recv: trio.MemoryReceiveChannel[PublishResult] | None = None
+        self._results: ResultChannel[PublishResult] | None = None
         self._results_scope = trio.CancelScope()
         self._drop_results = False
         self._pending: dict[int, _Pending] = {}
@@ -95,21 +98,22 @@ class PublishPipeline:
         meta: EnvelopeMeta | None,
         *,
         confirm: bool,
+        envelope: Envelope | None = None,
     ) -> None:
         """Queue one message; with ``confirm`` wait for its outcome and raise :class:`PublishError` on failure.
 
         Waits while the window is full. Cancellation while waiting for a slot queues nothing; cancellation
         while waiting for a confirmation leaves the message queued (its outcome still arrives as a result).
         """
-        try:
-            self._window.acquire_nowait()
-        except trio.WouldBlock:
-            await self._window.acquire()
+        if self._free > 0 and not self._space:
+            self._free -= 1
+        else:
+            await self._space.park()  # woken holding a slot (see _release)
         self._seq += 1
         seq = self._seq
         waiter = trio.Event() if confirm else None
         pending = self._pending[seq] = _Pending(topic, meta, waiter)
-        self._queue_send.send_nowait(OutgoingMessage(seq, topic, body, headers, key, message_id))
+        self._queue_send.send_nowait(OutgoingMessage(seq, topic, body, headers, key, message_id, envelope))
         if waiter is not None:
             await waiter.wait()
             if pending.error is not None:
@@ -141,8 +145,8 @@ class PublishPipeline:
                     for outcome in outcomes:
                         await self._complete(outcome.seq, outcome.error)
         finally:
-            if self._results_send is not None:
-                self._results_send.close()
+            if self._results is not None:
+                self._results.close_writer()
             self._results_task_done.set()
 
     async def _complete(self, seq: int, error: BaseException | None) -> None:
@@ -157,10 +161,19 @@ class PublishPipeline:
         if pending.waiter is not None:
             pending.error = error
             pending.waiter.set()
-        if pending.meta is not None:
+        if pending.meta is not None and (self._results is not None or self._options.on_publish_result):
             await self._deliver_result(pending, error)
-        self._window.release()
+        self._release()
         self._advance(seq)
+
+    def _release(self) -> None:
+        """Free one window slot; parked publishers wake together once ``_resume_at`` slots are free."""
+        self._free += 1
+        space = self._space
+        if space and self._free >= self._resume_at:
+            count = min(len(space), self._free)
+            self._free -= count
+            space.unpark(count=count)
 
     async def _deliver_result(self, pending: _Pending, error: BaseException | None) -> None:
         meta = pending.meta
@@ -180,21 +193,21 @@ class PublishPipeline:
             except Exception:
                 self.callback_errors += 1
                 logger.exception("on_publish_result callback failed for event %s", meta.event_id)
-        sender = self._results_send
-        if sender is None:
+        channel = self._results
+        if channel is None:
             return
         try:
-            sender.send_nowait(result)
-        except trio.WouldBlock:
+            if channel.put_nowait(result):
+                return
             if not self._drop_results:
                 self._results_scope = scope = trio.CancelScope()
                 with scope:
-                    await sender.send(result)
+                    await channel.put(result)
                     return
-            self.results_dropped += 1
-            logger.error("publish result for event %s dropped: results channel full at close", meta.event_id)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.results_dropped += 1
+        except trio.BrokenResourceError:
+            pass
+        self.results_dropped += 1
+        logger.error("publish result for event %s dropped: results channel full at close or closed", meta.event_id)
 
     def _advance(self, seq: int) -> None:
         if seq != self._frontier + 1:
@@ -225,13 +238,11 @@ class PublishPipeline:
         self._flush_waiters.append((target, event))
         await event.wait()
 
-    def results(self) -> trio.MemoryReceiveChannel[PublishResult]:
-        """The results channel (created on first call; each call returns a clone sharing the stream)."""
-        if self._results_recv is None:
-            self._results_send, self._results_recv = trio.open_memory_channel[PublishResult](
-                self._options.results_buffer
-            )
-        return self._results_recv.clone()
+    def results(self) -> ResultChannel[PublishResult]:
+        """The results channel (created on first call; later calls return the same channel)."""
+        if self._results is None:
+            self._results = ResultChannel(self._options.results_buffer)
+        return self._results
 
     def close_queue(self) -> None:
         """No more submissions: the publisher task hands over what is queued, then exits."""

@@ -18,6 +18,10 @@ Semantics
       deliveries to the group.
     - Dedupe: a ``message_id`` seen on the topic within ``duplicate_window`` seconds is acked, not stored.
 
+In-process, the envelope object of an envelope publish travels with its encoded bytes and is handed to
+envelope subscribers as is (decoding would give an equal value: the codec round-trip is property-tested), so
+the memory backend pays the encode cost but not the decode cost. Raw subscribers get the bytes.
+
 All times are Trio's clock, so ``MockClock`` (autojump) drives redelivery delays and ``max_age``.
 """
 
@@ -32,6 +36,7 @@ import attrs
 import trio
 
 from .._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
+from .._envelope import Envelope
 from .._exceptions import InvalidOptionError
 from .._options import TopicOptions
 
@@ -56,6 +61,7 @@ class _Stored:
     key: str | None
     message_id: str | None
     time: float
+    envelope: Envelope | None
 
 
 @attrs.define(slots=True, eq=False)
@@ -116,7 +122,7 @@ class _Topic:
         if not self.options.persistent and not any(g.subscribers for g in self.groups.values()):
             self.dropped += 1
             return
-        self.log.append(_Stored(self.end, msg.body, msg.headers, msg.key, msg.message_id, now))
+        self.log.append(_Stored(self.end, msg.body, msg.headers, msg.key, msg.message_id, now, msg.envelope))
         self.end += 1
         self.stored += 1
         self.bytes += len(msg.body)
@@ -355,6 +361,7 @@ class MemoryBackend:
                                 s.message_id,
                                 count,
                                 _Token(topic, group, s.offset),
+                                s.envelope,
                             )
                             for s, count in taken
                         ]

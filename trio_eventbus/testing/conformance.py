@@ -432,7 +432,7 @@ async def test_exactly_one_publish_result_per_envelope(backend_case: BackendCase
     received: list[teb.PublishResult] = []
     options = teb.BusOptions(on_publish_result=via_callback.append, results_buffer=16, publish_batch=7)
 
-    async def reader(results: trio.MemoryReceiveChannel[teb.PublishResult]) -> None:
+    async def reader(results: trio.abc.ReceiveChannel[teb.PublishResult]) -> None:
         async with results:
             async for result in results:
                 received.append(result)
