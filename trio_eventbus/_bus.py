@@ -53,7 +53,7 @@ __all__ = ["BackendConfig", "EventBus", "open_bus"]
 
 logger = logging.getLogger("trio_eventbus")
 _BACKEND_CLOSE_TIMEOUT = 10.0
-_HARD_STOP_ACK_TIMEOUT = 2.0
+_HARD_STOP_TIMEOUT = 2.0
 
 
 class BackendConfig(Protocol):
@@ -106,22 +106,24 @@ class EventBus:
                     self._dispatcher.in_flight,
                     self._publisher.pending,
                 )
-                self._publisher.stop_blocking_on_results()
-            await self._stop_backend()
+            await self._stop(_BACKEND_CLOSE_TIMEOUT)
 
     async def _hard_stop(self) -> None:
+        """Outer cancellation: cancel handlers now (their deliveries are nak'ed), flush acks briefly, close."""
         self._closing = True
-        with trio.CancelScope(shield=True), trio.move_on_after(_HARD_STOP_ACK_TIMEOUT):
-            await self._backend.stop_consuming()
-            self._publisher.close_queue()
-            self._publisher.stop_blocking_on_results()
-            await self._backend.close()
+        with trio.CancelScope(shield=True):
+            await self._stop(_HARD_STOP_TIMEOUT)
 
-    async def _stop_backend(self) -> None:
-        with trio.move_on_after(_BACKEND_CLOSE_TIMEOUT) as cs:
+    async def _stop(self, backend_timeout: float) -> None:
+        self._publisher.close_queue()
+        self._publisher.stop_blocking_on_results()
+        with trio.move_on_after(backend_timeout) as cs:
+            await self._backend.stop_consuming()
+            self._dispatcher.cancel()
+            await self._dispatcher.wait_finished()
             await self._backend.close()
         if cs.cancelled_caught:
-            logger.error("backend did not close within %.0fs", _BACKEND_CLOSE_TIMEOUT)
+            logger.error("backend did not close within %.1fs", backend_timeout)
         await self._publisher.finish()
 
     # -- publishing ------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ _FIELDS = frozenset(
 )
 _TS_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", re.IGNORECASE)
 _decoder = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
+_pairs_decoder = json.JSONDecoder(object_pairs_hook=list, parse_constant=lambda name: _reject_constant(name))
 _WS = " \t\n\r"
 
 
@@ -192,11 +193,14 @@ def _fast_fields(text: str) -> dict[str, tuple[Any, str]] | None:
     a JSON string (its quote would be escaped), and a match inside a nested object leaves unbalanced closing
     brackets, which fail to parse. Returns None when the fast path does not apply.
     """
+    if not text.lstrip(_WS).startswith("{"):
+        return None
     try:
-        obj = _decoder.decode(text)
+        pairs = _pairs_decoder.decode(text)  # objects as lists of pairs: duplicates stay visible
     except (ValueError, RecursionError):
         return None
-    if not isinstance(obj, dict) or "payload" not in obj:
+    obj = dict(pairs)
+    if len(obj) != len(pairs) or "payload" not in obj:
         return None
     at = text.rfind('"payload":')
     end = text.rstrip(_WS)
@@ -204,11 +208,11 @@ def _fast_fields(text: str) -> dict[str, tuple[Any, str]] | None:
         return None
     raw = end[at + 10 : -1].strip(_WS)
     try:
-        if _decoder.decode(raw) != obj["payload"]:
+        if _pairs_decoder.decode(raw) != obj["payload"]:
             return None
     except (ValueError, RecursionError):
         return None
-    fields = {key: (value, "") for key, value in obj.items()}
+    fields = {key: (value, "") for key, value in pairs}
     fields["payload"] = (obj["payload"], raw)
     return fields
 

@@ -118,15 +118,23 @@ class Dispatcher:
         if delivery.attempt > 1:
             self.redelivered += 1
         key = delivery.key
-        if key:
-            await self.lanes.send(key, (sub, delivery))
-        else:
-            await self.workers.send((sub, delivery))
+        try:
+            if key:
+                await self.lanes.send(key, (sub, delivery))
+            else:
+                await self.workers.send((sub, delivery))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._abandon((sub, delivery))  # the bus is stopping: hand it back for redelivery
 
     def close_inputs(self) -> None:
         """Let lanes and workers finish what they hold, then exit."""
         self.lanes.close_inputs()
         self.workers.close_inputs()
+
+    def cancel(self) -> None:
+        """Cancel every handler; held and queued deliveries are nak'ed (redelivered later)."""
+        self.lanes.cancel()
+        self.workers.cancel()
 
     async def wait_finished(self) -> None:
         """Wait until every lane and worker task has exited."""

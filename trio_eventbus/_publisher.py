@@ -145,8 +145,6 @@ class PublishPipeline:
                     for outcome in outcomes:
                         await self._complete(outcome.seq, outcome.error)
         finally:
-            if self._results is not None:
-                self._results.close_writer()
             self._results_task_done.set()
 
     async def _complete(self, seq: int, error: BaseException | None) -> None:
@@ -254,6 +252,18 @@ class PublishPipeline:
         self._results_scope.cancel()
 
     async def finish(self) -> None:
-        """After the backend closed: end the results task (it closes the results channel)."""
+        """After the backend closed: fail what never got an outcome, end the results task and channel.
+
+        Every envelope still gets exactly one result: a publish the broker never answered (close deadline,
+        hard stop) gets a failed one (:class:`PublishError`), and ``confirm`` waiters are woken with it.
+        """
         self.outcomes_send.close()
         await self._results_task_done.wait()
+        if self._pending:
+            error = PublishError("the bus closed before the broker acknowledged this message")
+            logger.warning("%d publishes closed without a broker ack; reporting them failed", len(self._pending))
+            self._drop_results = True
+            for seq in sorted(self._pending):
+                await self._complete(seq, error)
+        if self._results is not None:
+            self._results.close_writer()

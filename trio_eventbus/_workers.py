@@ -43,6 +43,8 @@ class ChannelTasks(Generic[T]):
         self.busy = 0
         self.alive = 0
         self._finished = trio.Event()
+        self._scopes: list[trio.CancelScope] = []
+        self._cancelled = False
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every consumer task in ``nursery``; returns when all run."""
@@ -58,9 +60,13 @@ class ChannelTasks(Generic[T]):
         self.alive += 1
         task_status.started()
         item: T | None = None
-        held = False
+        held = cancelled = False
+        scope = trio.CancelScope()
+        self._scopes.append(scope)
+        if self._cancelled:
+            scope.cancel()
         try:
-            async with receiver:
+            with scope:
                 while True:
                     # take queued items without a scheduler round trip; park only when the queue is empty
                     try:
@@ -79,12 +85,16 @@ class ChannelTasks(Generic[T]):
                     finally:
                         self.busy -= 1
                     held = False
-        except trio.Cancelled:
-            if held:
-                self._abandon(item)  # type: ignore[arg-type]
-            self._drain(receiver)
+            cancelled = scope.cancelled_caught  # by cancel()
+        except trio.Cancelled:  # from outside (hard stop)
+            cancelled = True
             raise
         finally:
+            if cancelled:  # hand back the item we held and everything queued behind it
+                if held:
+                    self._abandon(item)  # type: ignore[arg-type]
+                self._drain(receiver)
+            receiver.close()
             self.alive -= 1
             if self.alive == 0:
                 self._finished.set()
@@ -104,6 +114,12 @@ class ChannelTasks(Generic[T]):
         """No more items: tasks finish what is queued, then exit. Idempotent, does not await."""
         for sender in self._senders:
             sender.close()
+
+    def cancel(self) -> None:
+        """Cancel every task: each hands back (``abandon``) the item it held and everything queued."""
+        self._cancelled = True
+        for scope in self._scopes:
+            scope.cancel()
 
     async def wait_finished(self) -> None:
         """Wait until every consumer task has exited."""

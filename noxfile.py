@@ -1,0 +1,57 @@
+"""Sessions: ``nox`` runs lint, typecheck and tests (the whole suite, with real local brokers).
+
+- ``tests``: installs the package with every extra, provisions the brokers (``tools/provision.py``: Debian's
+  nats-server, Apache Kafka from Maven Central; skipped for brokers named by ``TEB_NATS_URL`` /
+  ``TEB_KAFKA_BOOTSTRAP``), then runs pytest. Extra arguments go to pytest: ``nox -s tests -- -m "not kafka"``.
+- ``lint``: ruff check and ruff format --check. ``typecheck``: mypy --strict.
+- ``demo`` / ``bench``: ``python -m trio_eventbus demo|bench`` (extra arguments passed on).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+ALL_EXTRAS = ".[dev,nats,kafka,lz4,uvloop]"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite against real brokers (a missing broker is an error, never a skip)."""
+    session.install("-e", ALL_EXTRAS)
+    session.run("python", "tools/provision.py")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "trio_eventbus", "tests", "examples", "noxfile.py", "tools")
+    session.run("ruff", "format", "--check", "trio_eventbus", "tests", "examples", "noxfile.py", "tools")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ALL_EXTRAS)
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The example order service (memory backend unless arguments say otherwise)."""
+    session.install("-e", ".")
+    session.run("python", "-m", "trio_eventbus", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: ``nox -s bench -- --backend memory --json``."""
+    session.install("-e", ALL_EXTRAS)
+    session.run("python", "tools/provision.py")
+    session.run("python", "-m", "trio_eventbus", "bench", *session.posargs)

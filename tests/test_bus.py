@@ -1,0 +1,411 @@
+"""Bus behaviour on the memory backend: retries in virtual time, lifecycle, exception policy, backpressure,
+results, statistics, bad input, memory broker semantics, and the public exports."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import trio
+import trio.testing
+
+import trio_eventbus as teb
+from trio_eventbus.backends.memory import MemoryBackend
+from trio_eventbus.testing import all_tasks
+
+
+def env(aggregate: str, n: int) -> teb.Envelope:
+    return teb.Envelope(aggregate_id=aggregate, event_type="T", event_version=n + 1, payload=b"%d" % n)
+
+
+async def test_in_place_retry_backoff_in_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
+    times: list[float] = []
+    done = trio.Event()
+    retry = teb.RetryPolicy(max_attempts=5, initial_backoff=1.0, multiplier=2.0, max_backoff=3.0)
+    async with teb.open_bus(teb.MemoryConfig(), options=teb.BusOptions(retry=retry)) as bus:
+
+        async def handler(msg: teb.Message) -> None:
+            times.append(trio.current_time())
+            if len(times) < 4:
+                raise RuntimeError("again")
+            done.set()
+
+        await bus.subscribe("t", handler)
+        await bus.publish("t", b"x", key="k")
+        await done.wait()
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+    assert gaps == [1.0, 2.0, 3.0]  # 1, 2, then capped at 3
+
+
+async def test_redeliver_strategy_naks_with_the_backoff_delay(autojump_clock: trio.testing.MockClock) -> None:
+    times: list[tuple[bytes, int, float]] = []
+    done = trio.Event()
+    retry = teb.RetryPolicy(max_attempts=3, initial_backoff=5.0, strategy="redeliver")
+    async with teb.open_bus(teb.MemoryConfig(), options=teb.BusOptions(retry=retry)) as bus:
+
+        async def handler(msg: teb.Message) -> None:
+            times.append((msg.data, msg.delivery_attempt, trio.current_time()))
+            if msg.data == b"bad" and msg.delivery_attempt < 3:
+                raise RuntimeError("again")
+            if msg.data == b"bad":
+                done.set()
+
+        await bus.subscribe("t", handler)
+        start = trio.current_time()
+        await bus.publish("t", b"bad", key="k")
+        await bus.publish("t", b"next", key="k")
+        await done.wait()
+        stats = bus.statistics()
+    # the lane is not held: "next" (same key) ran before the redelivery of "bad"
+    assert [(d, a) for d, a, _ in times] == [(b"bad", 1), (b"next", 1), (b"bad", 2), (b"bad", 3)]
+    assert times[2][2] - start == pytest.approx(5.0, abs=0.01)
+    assert times[3][2] - times[2][2] == pytest.approx(10.0, abs=0.01)
+    assert stats.redelivered == 2
+
+
+def test_retry_policy_backoff_values() -> None:
+    policy = teb.RetryPolicy(initial_backoff=0.1, multiplier=3, max_backoff=1.0)
+    assert [policy.backoff(n) for n in (1, 2, 3, 4)] == pytest.approx([0.1, 0.3, 0.9, 1.0])
+    assert teb.RetryPolicy(initial_backoff=0).backoff(7) == 0
+
+
+async def test_dead_lettering_disabled_discards_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    broker = teb.MemoryBroker()
+    done = trio.Event()
+    options = teb.BusOptions(dead_letter_suffix=None, retry=teb.RetryPolicy(max_attempts=2, initial_backoff=0))
+    with trio.fail_after(5):
+        async with teb.open_bus(teb.MemoryConfig(broker=broker), options=options) as bus:
+
+            async def handler(msg: teb.Message) -> None:
+                if msg.data == b"poison":
+                    raise ValueError("no")
+                done.set()
+
+            await bus.subscribe("t", handler)
+            await bus.publish("t", b"poison", key="k")
+            await bus.publish("t", b"fine", key="k")
+            await done.wait()
+            stats = bus.statistics()
+    assert stats.discarded == 1
+    assert stats.dead_lettered == 0
+    assert "discarding message" in caplog.text
+    assert broker.topic_statistics("t")["pending[default]"] == 0  # acked, not redelivered
+
+
+async def test_hard_stop_naks_unhandled_messages_for_redelivery() -> None:
+    broker = teb.MemoryBroker()
+    started = trio.Event()
+    handled: list[bytes] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def first_bus() -> None:
+                async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+
+                    async def stuck(msg: teb.Message) -> None:
+                        started.set()
+                        await trio.sleep_forever()
+
+                    await bus.subscribe("t", stuck)
+                    await bus.publish("t", b"one", key="k", confirm=True)
+                    await bus.publish("t", b"two", key="k", confirm=True)
+                    await trio.sleep_forever()
+
+            nursery.start_soon(first_bus)
+            await started.wait()
+            nursery.cancel_scope.cancel()  # outer cancellation: a hard stop
+        assert broker.topic_statistics("t")["pending[default]"] == 2  # nothing acked
+        done = trio.Event()
+        async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+
+            async def handler(msg: teb.Message) -> None:
+                handled.append(msg.data)
+                if len(handled) == 2:
+                    done.set()
+
+            await bus.subscribe("t", handler)
+            await done.wait()
+    assert handled == [b"one", b"two"]
+
+
+async def test_close_timeout_cancels_stuck_handlers(autojump_clock: trio.testing.MockClock) -> None:
+    broker = teb.MemoryBroker()
+    started = trio.Event()
+    async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=3)) as bus:
+
+        async def stuck(msg: teb.Message) -> None:
+            started.set()
+            await trio.sleep_forever()
+
+        await bus.subscribe("t", stuck)
+        await bus.publish("t", b"x")
+        await started.wait()
+        closing_at = trio.current_time()
+    assert trio.current_time() - closing_at == pytest.approx(3.0, abs=0.01)
+    assert bus.statistics().tasks_alive == 0
+    assert broker.topic_statistics("t")["pending[default]"] == 1  # nak'ed, waiting for a new subscriber
+
+
+async def test_close_delivers_every_pending_result_before_closing() -> None:
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            got: list[teb.PublishResult] = []
+            async with teb.open_bus(teb.MemoryConfig()) as bus:
+                results = bus.publish_results()
+
+                async def read() -> None:
+                    async for r in results:
+                        got.append(r)
+
+                nursery.start_soon(read)
+                for i in range(700):
+                    await bus.publish_envelope("t", env("a", i))
+                assert bus.statistics().pending_publishes > 0  # nothing flushed yet
+        assert len(got) == 700
+
+
+async def test_exception_in_block_comes_out_as_itself_after_graceful_close() -> None:
+    broker = teb.MemoryBroker()
+
+    async def body() -> None:
+        async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+            await bus.publish("t", b"x")
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        await body()
+    assert broker.topic_statistics("t")["stored"] == 1  # the pending publish was flushed on the way out
+
+
+class _Unreachable:
+    def create_backend(self) -> teb.Backend:
+        class Failing(MemoryBackend):
+            async def start(self, nursery: trio.Nursery, outcomes: object) -> None:  # type: ignore[override]
+                raise teb.BackendUnavailable("broker down")
+
+        return Failing(teb.MemoryBroker(), 10)
+
+
+async def test_start_error_comes_out_of_open_bus_unwrapped() -> None:
+    tasks = len(all_tasks())
+    with pytest.raises(teb.BackendUnavailable, match="broker down"):
+        async with teb.open_bus(_Unreachable()):
+            raise AssertionError("not reached")
+    assert len(all_tasks()) == tasks
+
+
+async def test_results_channel_backpressure_holds_publishers(autojump_clock: trio.testing.MockClock) -> None:
+    options = teb.BusOptions(results_buffer=4, max_pending_publishes=8, publish_batch=2)
+    async with teb.open_bus(teb.MemoryConfig(), options=options) as bus:
+        results = bus.publish_results()
+        published = 0
+
+        async def publisher() -> None:
+            nonlocal published
+            for i in range(100):
+                await bus.publish_envelope("t", env("a", i))
+                published += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher)
+            await trio.sleep(10)  # virtual: nobody reads results
+            assert published < 20  # window + results buffer, then backpressure
+            assert bus.statistics().results_dropped == 0
+            seen = [await results.receive() for _ in range(100)]
+        assert len({r.event_id for r in seen}) == 100
+
+
+async def test_publish_after_close_raises_without_awaiting() -> None:
+    async with teb.open_bus(teb.MemoryConfig()) as bus:
+        pass
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        with pytest.raises(teb.BusClosedError):
+            await bus.publish("t", b"x")  # raises before any checkpoint could see the cancellation
+    assert "closed" in repr(bus)
+
+
+async def test_statistics_and_repr_show_live_state() -> None:
+    gate = trio.Event()
+    entered = trio.Event()
+    with trio.fail_after(5):
+        async with teb.open_bus(teb.MemoryConfig(), options=teb.BusOptions(lanes=4)) as bus:
+
+            async def handler(msg: teb.Message) -> None:
+                entered.set()
+                await gate.wait()
+
+            await bus.subscribe("t", handler)
+            for _ in range(3):
+                await bus.publish("t", b"x", key="same")
+            await entered.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            stats = bus.statistics()
+            assert (stats.in_flight, stats.lanes_busy, stats.lane_depth_max) == (1, 1, 2)
+            assert stats.tasks_alive >= 4 + 16 + 2  # lanes, workers, publisher, results (+ fetcher)
+            assert "in_flight=1" in repr(bus)
+            assert "open" in repr(bus)
+            gate.set()
+
+
+async def test_memory_topic_capacity_is_backpressure(autojump_clock: trio.testing.MockClock) -> None:
+    broker = teb.MemoryBroker(topic_capacity=5)
+    async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+        for i in range(5):
+            await bus.publish("t", b"%d" % i)
+        await bus.flush()
+        await bus.publish("t", b"6th")
+        with trio.move_on_after(10) as cs:
+            await bus.flush()
+        assert cs.cancelled_caught  # no room until someone consumes
+        got: list[bytes] = []
+
+        async def handler(msg: teb.Message) -> None:
+            got.append(msg.data)
+
+        await bus.subscribe("t", handler)
+        await bus.flush()
+    assert got[-1] == b"6th"
+
+
+async def test_ephemeral_topics_drop_and_count_unheard_messages() -> None:
+    broker = teb.MemoryBroker()
+    got: list[bytes] = []
+    arrived = trio.Event()
+    with trio.fail_after(5):
+        async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+            await bus.configure_topic("live", teb.TopicOptions(persistent=False))
+            assert not bus.topic_config("live").persistent
+            await bus.publish("live", b"nobody listens", confirm=True)
+
+            async def handler(msg: teb.Message) -> None:
+                got.append(msg.data)
+                arrived.set()
+
+            await bus.subscribe("live", handler)
+            await bus.publish("live", b"heard")
+            await arrived.wait()
+    assert got == [b"heard"]
+    assert broker.topic_statistics("live")["dropped"] == 1
+
+
+async def test_retention_limits_and_dedupe_window(autojump_clock: trio.testing.MockClock) -> None:
+    broker = teb.MemoryBroker()
+    async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+        await bus.configure_topic("capped", teb.TopicOptions(max_messages=3, duplicate_window=60))
+        for i in range(5):
+            await bus.publish("capped", b"%d" % i, message_id=f"id-{i}")
+        await bus.publish("capped", b"dup", message_id="id-4")
+        await bus.flush()
+        stats = broker.topic_statistics("capped")
+        assert (stats["retained"], stats["discarded"], stats["duplicates"]) == (3, 2, 1)
+        await trio.sleep(61)
+        await bus.publish("capped", b"again", message_id="id-4", confirm=True)
+        assert broker.topic_statistics("capped")["duplicates"] == 1  # window passed: stored again
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: teb.BusOptions(lanes=0),
+        lambda: teb.BusOptions(lane_buffer=-1),
+        lambda: teb.BusOptions(max_pending_publishes=0),
+        lambda: teb.BusOptions(close_timeout=-1),
+        lambda: teb.BusOptions(dead_letter_suffix=" x"),
+        lambda: teb.BusOptions(group="a b"),
+        lambda: teb.RetryPolicy(max_attempts=0),
+        lambda: teb.RetryPolicy(initial_backoff=float("nan")),
+        lambda: teb.RetryPolicy(strategy="sometimes"),  # type: ignore[arg-type]
+        lambda: teb.TopicOptions(partitions=0),
+        lambda: teb.TopicOptions(max_age=-5),
+        lambda: teb.MemoryConfig(fetch_batch=0),
+    ],
+)
+def test_bad_options_are_refused_with_a_typed_error(make: object) -> None:
+    with pytest.raises(ValueError, match=r"must|in"):
+        make()  # type: ignore[operator]
+
+
+async def test_bad_group_and_non_async_handler_leave_bus_running() -> None:
+    async def handler(msg: teb.Message) -> None:
+        return None
+
+    def sync_handler(msg: teb.Message) -> None:
+        return None
+
+    async with teb.open_bus(teb.MemoryConfig()) as bus:
+        with pytest.raises(teb.InvalidHandlerError):
+            await bus.subscribe("t", sync_handler)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="group"):
+            await bus.subscribe("t", handler, group="no spaces")
+        with pytest.raises(teb.InvalidTopicError):
+            await bus.subscribe("t.*", handler)
+        with pytest.raises(ValueError, match="header"):
+            await bus.publish("t", b"x", headers={"bad name": "v"})
+        await bus.subscribe("t", handler)  # none of the above left a half-made subscription
+        assert bus.statistics().subscriptions == 1
+
+
+def test_public_exports() -> None:
+    expected = {
+        "AlreadySubscribedError",
+        "Backend",
+        "BackendConfig",
+        "BackendFeatures",
+        "BackendUnavailable",
+        "BusClosedError",
+        "BusOptions",
+        "Delivery",
+        "DeliverySink",
+        "Disposition",
+        "Envelope",
+        "EventBus",
+        "EventBusError",
+        "HandlerError",
+        "InvalidEnvelopeError",
+        "InvalidHandlerError",
+        "InvalidOptionError",
+        "InvalidTopicError",
+        "MemoryBroker",
+        "MemoryConfig",
+        "Message",
+        "MessageTooLargeError",
+        "Outcome",
+        "OutgoingMessage",
+        "PublishError",
+        "PublishResult",
+        "RetryPolicy",
+        "Statistics",
+        "TopicOptions",
+        "decode_envelope",
+        "encode_envelope",
+        "new_event_id",
+        "open_bus",
+        "validate_topic",
+    }
+    assert expected <= set(teb.__all__)
+    for name in teb.__all__:
+        assert getattr(teb, name) is not None
+    assert issubclass(teb.InvalidEnvelopeError, ValueError)
+    for exc in (teb.BusClosedError, teb.PublishError, teb.BackendUnavailable, teb.AlreadySubscribedError):
+        assert issubclass(exc, teb.EventBusError)
+
+
+async def test_publishes_unanswered_at_close_get_failed_results(autojump_clock: trio.testing.MockClock) -> None:
+    broker = teb.MemoryBroker(topic_capacity=1)  # the broker takes one message, then holds the publisher
+    got: list[teb.PublishResult] = []
+    async with trio.open_nursery() as nursery:
+        async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=2)) as bus:
+            results = bus.publish_results()
+
+            async def read() -> None:
+                async for r in results:
+                    got.append(r)
+
+            nursery.start_soon(read)
+            for i in range(3):
+                await bus.publish_envelope("t", env("a", i))
+        stats = bus.statistics()
+    assert [r.success for r in got] == [True, False, False]
+    assert all(isinstance(r.error, teb.PublishError) for r in got[1:])
+    assert (stats.published, stats.publish_failed, stats.pending_publishes) == (1, 2, 0)
