@@ -59,7 +59,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.backend == "memory":
         from ._bench import bench_memory
 
-        figures = trio.run(lambda: bench_memory(messages=args.messages))
+        figures = trio.run(lambda: bench_memory(messages=args.messages, rounds=args.rounds))
     elif args.backend == "nats":
         if args.url is None:
             raise SystemExit("--backend nats needs --url")
@@ -78,7 +78,9 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         width = max(len(k) for k in figures)
         for key, value in figures.items():
-            shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+            shown = f"{value:,.3f}" if isinstance(value, float) and not value.is_integer() else f"{value:,.0f}"
+            if isinstance(value, str):
+                shown = value
             print(f"{key:<{width}}  {shown}")
     return 0
 
@@ -97,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--lanes", type=int, default=32)
         else:
             p.add_argument("--messages", type=int, default=50_000)
+            p.add_argument("--rounds", type=int, default=3, help="memory: alternating rounds per leg")
             p.add_argument("--bridge", choices=("auto", "thread", "trio-asyncio"), default="thread")
             p.add_argument("--json", action="store_true", help="print one machine-readable line")
     args = parser.parse_args(argv)
