@@ -211,9 +211,7 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes], **client: An
 async def _consume(bootstrap: str, topic: str, count: int, group: str | None = None) -> list[bytes]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest")
     got: list[bytes] = []
     try:
         await consumer.start()
@@ -264,9 +262,7 @@ def test_kafka_records_survive_restart(kafka_server: KafkaServer) -> None:
 
 
 @pytest.mark.kafka
-def test_kafka_sasl_server_checks_password(
-    kafka_sasl_server: KafkaServer, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_kafka_sasl_server_checks_password(kafka_sasl_server: KafkaServer, caplog: pytest.LogCaptureFixture) -> None:
     from aiokafka.errors import KafkaConnectionError
 
     assert kafka_sasl_server.security_protocol == "SASL_PLAINTEXT"

@@ -93,8 +93,7 @@ def ensure_nats_server() -> None:
         result = subprocess.run(argv, env=env, check=False)
         if result.returncode != 0:
             raise ProvisionError(
-                f"`{shown}` failed with status {result.returncode}; "
-                f"install nats-server yourself: `{NATS_INSTALL_HINT}`"
+                f"`{shown}` failed with status {result.returncode}; install nats-server yourself: `{NATS_INSTALL_HINT}`"
             )
     found = find_nats_server()
     if not found:

@@ -161,9 +161,7 @@ class Bridge:
 
     def __repr__(self) -> str:
         s = self.statistics()
-        return (
-            f"<Bridge {s.kind} tasks={s.tasks} crossings={s.crossings} errors={s.errors} closing={s.closing}>"
-        )
+        return f"<Bridge {s.kind} tasks={s.tasks} crossings={s.crossings} errors={s.errors} closing={s.closing}>"
 
     def statistics(self) -> BridgeStatistics:
         n_tasks, n_errors = len(self._tasks), len(self._errors)
@@ -254,9 +252,7 @@ class Bridge:
         except Exception as exc:
             self._fail(exc)
 
-    def _start_spawned(
-        self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...], name: str | None
-    ) -> None:
+    def _start_spawned(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...], name: str | None) -> None:
         task = self.loop.create_task(_await(fn, args), name=name)
         self._tasks[task] = None
         task.add_done_callback(self._spawned_done)
