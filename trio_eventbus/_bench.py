@@ -1,9 +1,10 @@
 """``python -m trio_eventbus bench``: benchmark harnesses that report figures (never assertions).
 
 Memory backend: envelopes published through the whole bus (encode, in-flight window, memory broker, fetcher,
-keyed lanes, handler, ack, publish results read by an outbox-style reader) next to a bare one-hop Trio memory
-channel carrying the same envelopes to the same handler, in the same run. Two modes, each leg run ``rounds``
-times alternately (the machine's load moves both alike; medians are reported):
+keyed lanes, handler, ack) next to a bare one-hop Trio memory channel carrying the same envelopes to the same
+handler, in the same run. The bus runs twice per round: ``bus_noresults_*`` without reading publish results
+(what the bare channel does too), ``bus_*`` with an outbox-style reader taking every ``PublishResult``. Two
+modes, each leg run ``rounds`` times alternately (the machine's load moves all legs alike; medians reported):
 
 - saturated: publish as fast as possible; msgs/s from the first publish to the last handler call, and the
   latency (publish call to handler) that the queues built up on the way;
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+import trio.testing
 
 from ._bus import open_bus
 from ._codec import decode_envelope, encode_envelope
@@ -88,7 +90,9 @@ async def _run_bare(envelopes: list[Envelope], buffer: int, rate: float | None =
     return _figures("bare", len(envelopes), elapsed, latencies)
 
 
-async def _run_bus(envelopes: list[Envelope], options: BusOptions, rate: float | None = None) -> dict[str, float]:
+async def _run_bus(
+    envelopes: list[Envelope], options: BusOptions, rate: float | None = None, *, results: bool = True
+) -> dict[str, float]:
     sent: dict[str, float] = {}
     latencies: list[float] = []
     done = trio.Event()
@@ -99,22 +103,25 @@ async def _run_bus(envelopes: list[Envelope], options: BusOptions, rate: float |
         if len(latencies) == len(envelopes):
             done.set()
 
+    prefix = "bus" if results else "bus_noresults"
     async with open_bus(MemoryConfig(), options=options) as bus:
-        results = bus.publish_results()
         succeeded = 0
 
         async def read_results() -> None:
             # as an outbox relay would: take every result that is ready, then wait for more
             nonlocal succeeded
+            channel = bus.publish_results()
             while True:
                 try:
-                    result = results.receive_nowait()
+                    result = channel.receive_nowait()
                 except trio.WouldBlock:
-                    result = await results.receive()
+                    result = await channel.receive()
                 succeeded += result.success
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_results)
+            if results:
+                nursery.start_soon(read_results)
+                await trio.testing.wait_all_tasks_blocked()
             await bus.subscribe_envelope("bench.orders", handler)
             start = clock()
 
@@ -126,8 +133,9 @@ async def _run_bus(envelopes: list[Envelope], options: BusOptions, rate: float |
             elapsed = clock() - start
             await bus.flush()
             nursery.cancel_scope.cancel()
-        figures = _figures("bus", len(envelopes), elapsed, latencies)
-        figures["bus_results_ok"] = float(succeeded)
+        figures = _figures(prefix, len(envelopes), elapsed, latencies)
+        if results:
+            figures["bus_results_ok"] = float(succeeded)
     return figures
 
 
@@ -161,11 +169,15 @@ async def bench_memory(
     options = BusOptions(lanes=lanes)
     bare: list[dict[str, float]] = []
     bus: list[dict[str, float]] = []
+    plain: list[dict[str, float]] = []
     ratios: list[float] = []
+    plain_ratios: list[float] = []
     for _ in range(rounds):
         bare.append(await _run_bare(_envelopes(messages, aggregates), options.lane_buffer))
+        plain.append(await _run_bus(_envelopes(messages, aggregates), options, results=False))
         bus.append(await _run_bus(_envelopes(messages, aggregates), options))
         ratios.append(bus[-1]["bus_msgs_per_s"] / bare[-1]["bare_msgs_per_s"])
+        plain_ratios.append(plain[-1]["bus_noresults_msgs_per_s"] / bare[-1]["bare_msgs_per_s"])
     paced_bare = await _run_bare(_envelopes(paced_messages, aggregates), options.lane_buffer, rate)
     paced_bus = await _run_bus(_envelopes(paced_messages, aggregates), options, rate)
     out: dict[str, float] = {
@@ -175,8 +187,9 @@ async def bench_memory(
         "rounds": float(rounds),
         "paced_rate": rate,
     }
-    out |= _median(bare) | _median(bus)
+    out |= _median(bare) | _median(plain) | _median(bus)
     out["ratio_throughput"] = statistics.median(ratios)
+    out["ratio_throughput_noresults"] = statistics.median(plain_ratios)
     out["paced_bare_p50_ms"] = paced_bare["bare_p50_ms"]
     out["paced_bare_p99_ms"] = paced_bare["bare_p99_ms"]
     out["paced_bus_p50_ms"] = paced_bus["bus_p50_ms"]

@@ -78,9 +78,12 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         width = max(len(k) for k in figures)
         for key, value in figures.items():
-            shown = f"{value:,.3f}" if isinstance(value, float) and not value.is_integer() else f"{value:,.0f}"
-            if isinstance(value, str):
-                shown = value
+            if isinstance(value, bool | str) or not isinstance(value, int | float):
+                shown = str(value)
+            elif isinstance(value, float) and not value.is_integer():
+                shown = f"{value:,.3f}"
+            else:
+                shown = f"{value:,.0f}"
             print(f"{key:<{width}}  {shown}")
     return 0
 

@@ -35,6 +35,8 @@ import attrs
 import outcome
 import trio
 
+from .._exceptions import EventBusError
+
 __all__ = ["BatchPipe", "Bridge", "BridgeError", "BridgeStatistics", "PipeStatistics", "open_bridge"]
 __all__ += ["run_batch"]
 
@@ -49,8 +51,8 @@ _JOIN_MARGIN = 1.0  # seconds the Trio side waits for the loop beyond the loop's
 _thread_ids = itertools.count(1)
 
 
-class BridgeError(Exception):
-    """The bridge or its asyncio side broke a rule (placeholder: will become an ``EventBusError``)."""
+class BridgeError(EventBusError):
+    """The bridge or its asyncio side broke a rule (a task ignored its cancellation, an unasked cancel)."""
 
 
 @attrs.frozen

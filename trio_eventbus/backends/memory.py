@@ -128,7 +128,8 @@ class _Topic:
         self.bytes += len(msg.body)
         self._apply_limits(now)
         for group in self.groups.values():
-            group.lot.unpark_all()
+            if group.lot:
+                group.lot.unpark_all()
 
     def _apply_limits(self, now: float) -> None:
         o = self.options
