@@ -366,6 +366,7 @@ def test_public_exports() -> None:
         "InvalidHandlerError",
         "InvalidOptionError",
         "InvalidTopicError",
+        "KafkaConfig",
         "MemoryBroker",
         "MemoryConfig",
         "Message",

@@ -32,6 +32,7 @@ from ._exceptions import (
     PublishError,
 )
 from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
+from .backends.kafka_config import KafkaConfig
 from .backends.memory import MemoryBroker, MemoryConfig
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __all__ = [
     "InvalidHandlerError",
     "InvalidOptionError",
     "InvalidTopicError",
+    "KafkaConfig",
     "MemoryBroker",
     "MemoryConfig",
     "Message",
