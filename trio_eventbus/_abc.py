@@ -63,7 +63,7 @@ class BackendFeatures:
     ephemeral_topics: bool = True
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)  # one per message: read-only by contract; not frozen (3x faster to build)
 class OutgoingMessage:
     """A message on its way to the broker; ``seq`` identifies it in the :class:`Outcome`.
 
@@ -80,7 +80,7 @@ class OutgoingMessage:
     envelope: Envelope | None = attrs.field(default=None, eq=False)
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)  # one per message: read-only by contract; not frozen (3x faster to build)
 class Outcome:
     """The broker's verdict on the message with sequence number ``seq``."""
 
@@ -96,7 +96,7 @@ class Disposition(enum.Enum):
     TERM = "term"  #: stop delivering this message (it was dead-lettered or is poison)
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)  # one per message: read-only by contract; not frozen (3x faster to build)
 class Delivery:
     """One delivery of a stored message; ``token`` is the backend's handle for settling it.
 

@@ -45,7 +45,7 @@ from ._exceptions import (
     MessageTooLargeError,
 )
 from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_topic
-from ._publisher import EnvelopeMeta, PublishPipeline
+from ._publisher import PublishPipeline
 from ._results import ResultChannel
 from ._topics import TopicRegistry
 
@@ -187,9 +187,8 @@ class EventBus:
         self._check_size(topic, body)
         if topic not in self._topics.ready:
             await self._topics.ensure(topic)
-        meta = EnvelopeMeta(envelope.event_id, envelope.aggregate_id, envelope.event_type)
         await self._publisher.submit(
-            topic, body, headers, envelope.aggregate_id, envelope.event_id, meta, confirm=confirm, envelope=envelope
+            topic, body, headers, envelope.aggregate_id, envelope.event_id, envelope, confirm=confirm
         )
 
     async def flush(self) -> None:

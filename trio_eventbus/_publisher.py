@@ -30,24 +30,15 @@ from ._exceptions import PublishError
 from ._options import BusOptions, PublishResult
 from ._results import ResultChannel
 
-__all__ = ["EnvelopeMeta", "PublishPipeline"]
+__all__ = ["PublishPipeline"]
 
 logger = logging.getLogger("trio_eventbus")
-
-
-@attrs.frozen(slots=True)
-class EnvelopeMeta:
-    """What a PublishResult needs to know about an envelope."""
-
-    event_id: str
-    aggregate_id: str
-    event_type: str
 
 
 @attrs.define(slots=True, eq=False)
 class _Pending:
     topic: str
-    meta: EnvelopeMeta | None
+    envelope: Envelope | None  # envelopes get a PublishResult
     waiter: trio.Event | None
     error: BaseException | None = None
 
@@ -95,10 +86,9 @@ class PublishPipeline:
         headers: Mapping[str, str],
         key: str | None,
         message_id: str | None,
-        meta: EnvelopeMeta | None,
+        envelope: Envelope | None,
         *,
         confirm: bool,
-        envelope: Envelope | None = None,
     ) -> None:
         """Queue one message; with ``confirm`` wait for its outcome and raise :class:`PublishError` on failure.
 
@@ -112,7 +102,7 @@ class PublishPipeline:
         self._seq += 1
         seq = self._seq
         waiter = trio.Event() if confirm else None
-        pending = self._pending[seq] = _Pending(topic, meta, waiter)
+        pending = self._pending[seq] = _Pending(topic, envelope, waiter)
         self._queue_send.send_nowait(OutgoingMessage(seq, topic, body, headers, key, message_id, envelope))
         if waiter is not None:
             await waiter.wait()
@@ -159,7 +149,7 @@ class PublishPipeline:
         if pending.waiter is not None:
             pending.error = error
             pending.waiter.set()
-        if pending.meta is not None and (self._results is not None or self._options.on_publish_result):
+        if pending.envelope is not None and (self._results is not None or self._options.on_publish_result):
             await self._deliver_result(pending, error)
         self._release()
         self._advance(seq)
@@ -174,7 +164,7 @@ class PublishPipeline:
             space.unpark(count=count)
 
     async def _deliver_result(self, pending: _Pending, error: BaseException | None) -> None:
-        meta = pending.meta
+        meta = pending.envelope
         assert meta is not None
         result = PublishResult(
             event_id=meta.event_id,

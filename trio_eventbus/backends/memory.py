@@ -284,7 +284,7 @@ class MemoryConfig:
         return MemoryBackend(self.broker if self.broker is not None else MemoryBroker(), self.fetch_batch)
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)  # one per delivery: read-only by use (not frozen: 3x faster to build)
 class _Token:
     topic: _Topic
     group: _Group
