@@ -371,6 +371,7 @@ def test_public_exports() -> None:
         "MemoryConfig",
         "Message",
         "MessageTooLargeError",
+        "NatsConfig",
         "Outcome",
         "OutgoingMessage",
         "PublishError",
@@ -384,7 +385,7 @@ def test_public_exports() -> None:
         "open_bus",
         "validate_topic",
     }
-    assert expected <= set(teb.__all__)
+    assert set(teb.__all__) == expected
     for name in teb.__all__:
         assert getattr(teb, name) is not None
     assert issubclass(teb.InvalidEnvelopeError, ValueError)

@@ -6,6 +6,8 @@ fixtures in trio_eventbus.testing.fixtures (a missing broker is an error, never 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 import trio_eventbus as teb
@@ -23,8 +25,57 @@ def _memory_case() -> BackendCase:
     )
 
 
-@pytest.fixture(params=["memory"])
-def backend_case(request: pytest.FixtureRequest) -> BackendCase:
+def _nats_case(url: str, bridge: str) -> BackendCase:
+    from trio_eventbus.backends.nats_config import NatsConfig
+
+    config = NatsConfig(servers=url, bridge=bridge)  # type: ignore[arg-type]
+    return BackendCase(f"nats-{bridge}", lambda: config, config.create_backend().features, timeout=60)
+
+
+_NATS_BRIDGES = ("thread", "trio-asyncio")
+
+
+def _kafka_case(bootstrap: str, bridge: str) -> BackendCase:
+    from trio_eventbus.backends.kafka_config import KafkaConfig
+
+    # the broker's minimum session timeout: a bus that dies unannounced is out of its group within 6 s
+    config = KafkaConfig(
+        bootstrap_servers=bootstrap,
+        bridge=bridge,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,  # type: ignore[arg-type]
+    )
+    return BackendCase(f"kafka-{bridge}", lambda: config, config.create_backend().features, timeout=60)
+
+
+_KAFKA_BRIDGES = ("thread", "trio-asyncio")
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        *(pytest.param(f"nats-{b}", marks=pytest.mark.nats) for b in _NATS_BRIDGES),
+        *(pytest.param(f"kafka-{b}", marks=pytest.mark.kafka) for b in _KAFKA_BRIDGES),
+    ]
+)
+async def backend_case(request: pytest.FixtureRequest) -> AsyncIterator[BackendCase]:
     if request.param == "memory":
-        return _memory_case()
-    raise AssertionError(request.param)
+        yield _memory_case()
+    elif request.param == "nats-trio-asyncio":  # inside the application's trio_asyncio loop, as apps would
+        import trio_asyncio
+
+        case = _nats_case(request.getfixturevalue("nats_url"), "trio-asyncio")
+        async with trio_asyncio.open_loop():
+            yield case
+    elif request.param.startswith("nats-"):
+        yield _nats_case(request.getfixturevalue("nats_url"), request.param.removeprefix("nats-"))
+    elif request.param == "kafka-trio-asyncio":
+        import trio_asyncio
+
+        case = _kafka_case(request.getfixturevalue("kafka_bootstrap"), "trio-asyncio")
+        async with trio_asyncio.open_loop():
+            yield case
+    elif request.param.startswith("kafka-"):
+        yield _kafka_case(request.getfixturevalue("kafka_bootstrap"), request.param.removeprefix("kafka-"))
+    else:
+        raise AssertionError(request.param)

@@ -34,6 +34,7 @@ from ._exceptions import (
 from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
 from .backends.kafka_config import KafkaConfig
 from .backends.memory import MemoryBroker, MemoryConfig
+from .backends.nats_config import NatsConfig
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,7 @@ __all__ = [
     "MemoryConfig",
     "Message",
     "MessageTooLargeError",
+    "NatsConfig",
     "Outcome",
     "OutgoingMessage",
     "PublishError",
