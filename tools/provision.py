@@ -15,7 +15,7 @@ already in place it only looks at PATH and one marker file and returns in millis
 
 Exit status: 0 when everything needed is present, 1 otherwise (with a message saying what to install).
 
-Keep KAFKA_VERSION, the cache layout and the marker name in sync with ``trio_eventbus/testing/servers.py``
+Keep KAFKA_VERSION, the cache layout and the marker name in sync with ``trio_eventbus/testing/_kafka_server.py``
 (this script cannot import the package: it must run before the venv exists).
 """
 
