@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 import trio_eventbus as teb
@@ -62,3 +63,12 @@ def test_examples_run() -> None:
     assert consumer.returncode == 0, consumer.stderr
     assert "handled 5 events, dead-lettered 1" in consumer.stdout
     assert "dead letter from shop.orders: RuntimeError: no fragile goods today" in consumer.stdout
+
+
+@pytest.mark.nats
+def test_demo_on_a_local_nats_server_it_starts_itself() -> None:
+    proc = run("-m", "trio_eventbus", "demo", "--backend", "nats", "--orders", "30", "--events", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "starting a local nats broker" in proc.stderr
+    assert "order violations 0" in proc.stdout
+    assert "published        120 envelopes (120 ok results, 0 failed)" in proc.stdout

@@ -1,11 +1,17 @@
-"""Command line: ``python -m trio_eventbus demo|bench [--backend memory|nats|kafka] [--url URL]``."""
+"""Command line: ``python -m trio_eventbus demo|bench [--backend memory|nats|kafka] [--url URL]``.
+
+Without ``--url``, ``--backend nats|kafka`` starts a throw-away local broker for the run (nats-server from the
+PATH; Kafka from the cache that ``python tools/provision.py`` fills) and removes it afterwards.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import trio
@@ -30,6 +36,20 @@ def make_config(backend: str, url: str | None) -> BackendConfig:
     from .backends.kafka_config import KafkaConfig
 
     return KafkaConfig(bootstrap_servers=url)
+
+
+@contextlib.contextmanager
+def broker_url(backend: str, url: str | None) -> Iterator[str | None]:
+    """``url`` as given, or the address of a local broker started for the duration of the block."""
+    if url is not None or backend == "memory":
+        yield url
+        return
+    from .testing.servers import KafkaServer, NatsServer
+
+    server: NatsServer | KafkaServer = NatsServer() if backend == "nats" else KafkaServer()
+    print(f"starting a local {backend} broker for this run ...", file=sys.stderr)
+    with server:
+        yield server.url if isinstance(server, NatsServer) else server.bootstrap
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -95,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("demo", "bench"):
         p = sub.add_parser(name)
         p.add_argument("--backend", choices=("memory", "nats", "kafka"), default="memory")
-        p.add_argument("--url", help="broker URL (nats://host:port) or Kafka bootstrap (host:port)")
+        p.add_argument(
+            "--url", help="broker URL (nats://host:port) or Kafka bootstrap (host:port); default: a local broker"
+        )
         if name == "demo":
             p.add_argument("--orders", type=int, default=500)
             p.add_argument("--events", type=int, default=8, help="events per order")
@@ -106,4 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--bridge", choices=("auto", "thread", "trio-asyncio"), default="thread")
             p.add_argument("--json", action="store_true", help="print one machine-readable line")
     args = parser.parse_args(argv)
-    return _demo(args) if args.command == "demo" else _bench(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with broker_url(args.backend, args.url) as url:
+        args.url = url
+        return _demo(args) if args.command == "demo" else _bench(args)
