@@ -271,6 +271,7 @@ class EventBus:
             handler_errors=d.handler_errors,
             retries=d.retries,
             dead_lettered=d.dead_lettered,
+            dead_letter_failed=d.dead_letter_failed,
             discarded=d.discarded,
             undecodable=d.undecodable,
             redelivered=d.redelivered,

@@ -193,6 +193,7 @@ class Statistics:
     handler_errors: int
     retries: int
     dead_lettered: int
+    dead_letter_failed: int
     discarded: int
     undecodable: int
     redelivered: int
