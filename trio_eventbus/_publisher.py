@@ -36,10 +36,10 @@ logger = logging.getLogger("trio_eventbus")
 
 
 @attrs.define(slots=True, eq=False)
-class _Pending:
-    topic: str
-    envelope: Envelope | None  # envelopes get a PublishResult
-    waiter: trio.Event | None
+class _Confirm:
+    """A ``confirm=True`` publish waiting for its outcome."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
     error: BaseException | None = None
 
 
@@ -58,7 +58,8 @@ class PublishPipeline:
         self._results: ResultChannel[PublishResult] | None = None
         self._results_scope = trio.CancelScope()
         self._drop_results = False
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, OutgoingMessage] = {}  # by seq, until the outcome arrives
+        self._confirms: dict[int, _Confirm] = {}
         self._seq = 0
         self._frontier = 0
         self._done_ahead: set[int] = set()
@@ -101,13 +102,13 @@ class PublishPipeline:
             await self._space.park()  # woken holding a slot (see _release)
         self._seq += 1
         seq = self._seq
-        waiter = trio.Event() if confirm else None
-        pending = self._pending[seq] = _Pending(topic, envelope, waiter)
-        self._queue_send.send_nowait(OutgoingMessage(seq, topic, body, headers, key, message_id, envelope))
-        if waiter is not None:
-            await waiter.wait()
-            if pending.error is not None:
-                raise PublishError(f"publish to {topic!r} failed: {pending.error}") from pending.error
+        message = self._pending[seq] = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
+        self._queue_send.send_nowait(message)
+        if confirm:
+            waiter = self._confirms[seq] = _Confirm()
+            await waiter.done.wait()
+            if waiter.error is not None:
+                raise PublishError(f"publish to {topic!r} failed: {waiter.error}") from waiter.error
 
     async def _publisher_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -138,19 +139,21 @@ class PublishPipeline:
             self._results_task_done.set()
 
     async def _complete(self, seq: int, error: BaseException | None) -> None:
-        pending = self._pending.pop(seq, None)
-        if pending is None:
+        message = self._pending.pop(seq, None)
+        if message is None:
             logger.error("backend reported a second outcome for message %d; ignored", seq)
             return
         if error is None:
             self.published += 1
         else:
             self.failed += 1
-        if pending.waiter is not None:
-            pending.error = error
-            pending.waiter.set()
-        if pending.envelope is not None and (self._results is not None or self._options.on_publish_result):
-            await self._deliver_result(pending, error)
+        if self._confirms:
+            waiter = self._confirms.pop(seq, None)
+            if waiter is not None:
+                waiter.error = error
+                waiter.done.set()
+        if message.envelope is not None and (self._results is not None or self._options.on_publish_result):
+            await self._deliver_result(message, error)
         self._release()
         self._advance(seq)
 
@@ -163,12 +166,12 @@ class PublishPipeline:
             self._free -= count
             space.unpark(count=count)
 
-    async def _deliver_result(self, pending: _Pending, error: BaseException | None) -> None:
-        meta = pending.envelope
+    async def _deliver_result(self, message: OutgoingMessage, error: BaseException | None) -> None:
+        meta = message.envelope
         assert meta is not None
         result = PublishResult(
             event_id=meta.event_id,
-            topic=pending.topic,
+            topic=message.topic,
             aggregate_id=meta.aggregate_id,
             event_type=meta.event_type,
             success=error is None,
