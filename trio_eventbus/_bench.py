@@ -19,7 +19,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 import trio.testing
@@ -196,6 +195,3 @@ async def bench_memory(
     out["paced_bus_p99_ms"] = paced_bus["bus_p99_ms"]
     out |= _codec_costs()
     return out
-
-
-BENCHES: dict[str, Callable[..., Any]] = {"memory": bench_memory}
