@@ -338,6 +338,8 @@ async def test_bad_group_and_non_async_handler_leave_bus_running() -> None:
             await bus.subscribe("t", sync_handler)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="group"):
             await bus.subscribe("t", handler, group="no spaces")
+        with pytest.raises(teb.InvalidOptionError, match="group"):
+            await bus.subscribe("t", handler, group="café")  # ASCII only: a NATS durable / Kafka group id
         with pytest.raises(teb.InvalidTopicError):
             await bus.subscribe("t.*", handler)
         with pytest.raises(ValueError, match="header"):

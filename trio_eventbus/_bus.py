@@ -44,7 +44,7 @@ from ._exceptions import (
     InvalidEnvelopeError,
     MessageTooLargeError,
 )
-from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_topic
+from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_group, validate_topic
 from ._publisher import PublishPipeline
 from ._results import ResultChannel
 from ._topics import TopicRegistry
@@ -230,9 +230,7 @@ class EventBus:
     async def _subscribe(self, topic: str, handler: Handler, group: str | None, *, envelopes: bool) -> None:
         self._check_open()
         validate_topic(topic)
-        group = self._options.group if group is None else group
-        if not isinstance(group, str) or not group or not group.replace("-", "").replace("_", "").isalnum():
-            raise InvalidEnvelopeError(f"group {group!r} must be a non-empty str of A-Z a-z 0-9 _ -")
+        group = self._options.group if group is None else validate_group(group)
         sub = self._dispatcher.subscription(topic, group, handler, envelopes=envelopes)
         if (topic, group) in self._subscriptions:
             raise AlreadySubscribedError(f"this bus already subscribes to {topic!r} in group {group!r}")

@@ -50,6 +50,17 @@ def validate_topic(topic: object) -> str:
     return topic
 
 
+_GROUP_RE = re.compile(r"[A-Za-z0-9_\-]{1,200}")
+
+
+def validate_group(group: object) -> str:
+    """Return ``group`` when it is 1-200 characters of ``A-Z a-z 0-9 _ -`` (a valid durable/group name
+    everywhere), else raise :class:`InvalidOptionError`."""
+    if not isinstance(group, str) or not _GROUP_RE.fullmatch(group):
+        raise InvalidOptionError(f"group {group!r} must be 1-200 characters of A-Z a-z 0-9 _ -")
+    return group
+
+
 def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidOptionError(f"{attribute.name} must be a positive int, got {value!r}")
@@ -178,8 +189,7 @@ class BusOptions:
             not self.dead_letter_suffix or not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.dead_letter_suffix)
         ):
             raise InvalidOptionError(f"dead_letter_suffix {self.dead_letter_suffix!r} is not usable in topics")
-        if not isinstance(self.group, str) or not re.fullmatch(r"[A-Za-z0-9_\-]{1,200}", self.group):
-            raise InvalidOptionError(f"group {self.group!r} must be 1-200 characters of A-Z a-z 0-9 _ -")
+        validate_group(self.group)
 
 
 @attrs.frozen(slots=True, kw_only=True)
