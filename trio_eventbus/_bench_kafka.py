@@ -16,7 +16,6 @@ never asserted; ``*_ratio`` is bus / asyncio (1.0 = the bridge costs nothing).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import itertools
 import os
@@ -24,7 +23,7 @@ import re
 import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -33,6 +32,7 @@ from ._bus import open_bus
 from ._envelope import Message
 from ._options import BusOptions, TopicOptions
 from ._stats_util import percentile
+from .backends._aio import application_loop
 from .backends.kafka_config import KafkaConfig
 
 __all__ = ["bench_kafka"]
@@ -70,17 +70,6 @@ def _config(bootstrap: str, bridge: str) -> KafkaConfig:
 
 
 # ------------------------------------------------------------------------------------------ the bus
-
-
-@contextlib.asynccontextmanager
-async def _loop_for(bridge: str) -> AsyncIterator[None]:
-    if bridge != "trio-asyncio":
-        yield
-        return
-    import trio_asyncio
-
-    async with trio_asyncio.open_loop():
-        yield
 
 
 async def _bus_publish(config: KafkaConfig, messages: int) -> float:
@@ -295,19 +284,19 @@ async def bench_kafka(bootstrap: str, *, messages: int, bridge: str, repeats: in
         latencies[side].append((percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3))
 
     for _ in range(repeats):
-        async with _loop_for(bridge):
+        async with application_loop(bridge):
             keep("publish_bus_msgs_per_s", await _bus_publish(config, messages))
         keep(
             "publish_asyncio_msgs_per_s",
             await trio.to_thread.run_sync(_run_asyncio, _aio_publish, bootstrap, producer_kw, messages),
         )
-        async with _loop_for(bridge):
+        async with application_loop(bridge):
             keep("e2e_bus_msgs_per_s", (await _bus_consume(config, messages, None))[0])
         rate, _ = await trio.to_thread.run_sync(
             _run_asyncio, _aio_consume, bootstrap, producer_kw, consumer_kw, messages, None
         )
         keep("e2e_asyncio_msgs_per_s", rate)
-        async with _loop_for(bridge):
+        async with application_loop(bridge):
             keep_latency("bus", (await _bus_consume(config, paced, _RATE))[1])
         _, lat = await trio.to_thread.run_sync(
             _run_asyncio, _aio_consume, bootstrap, producer_kw, consumer_kw, paced, float(_RATE)

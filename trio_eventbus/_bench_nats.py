@@ -32,6 +32,7 @@ from ._bus import open_bus
 from ._envelope import Message
 from ._options import BusOptions
 from ._stats_util import percentile
+from .backends._aio import application_loop
 from .backends.nats_config import NatsConfig
 
 __all__ = ["bench_nats"]
@@ -134,11 +135,7 @@ def _baseline(url: str, leg: str, count: int) -> dict[str, float]:
 
 
 async def _bus_leg(url: str, leg: str, count: int, bridge: str) -> dict[str, float]:
-    if bridge != "trio-asyncio":
-        return await _bus_leg_on(url, leg, count, bridge)
-    import trio_asyncio  # the application's loop, shared by the bus (as an app already on trio-asyncio)
-
-    async with trio_asyncio.open_loop():
+    async with application_loop(bridge):  # trio-asyncio: the application's loop, shared by the bus
         return await _bus_leg_on(url, leg, count, bridge)
 
 

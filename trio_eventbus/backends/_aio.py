@@ -38,7 +38,7 @@ import trio
 from .._exceptions import EventBusError
 
 __all__ = ["BatchPipe", "Bridge", "BridgeError", "BridgeStatistics", "PipeStatistics", "open_bridge"]
-__all__ += ["run_batch"]
+__all__ += ["application_loop", "run_batch"]
 
 T = TypeVar("T")
 X = TypeVar("X")
@@ -416,6 +416,22 @@ def _make_bridge(kind: str, use_uvloop: bool | None) -> Bridge:
         loop.close()
         raise
     return bridge
+
+
+@asynccontextmanager
+async def application_loop(bridge: str) -> AsyncIterator[None]:
+    """For ``bridge == "trio-asyncio"``, run the block inside a new ``trio_asyncio.open_loop()``, as an
+    application already on trio-asyncio would (benchmarks and tests use it); otherwise do nothing.
+
+    Kept here so that this module stays the only one of the package that touches trio-asyncio.
+    """
+    if bridge != "trio-asyncio":
+        yield
+        return
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop():
+        yield
 
 
 @asynccontextmanager
