@@ -11,7 +11,7 @@ import trio.testing
 
 import trio_eventbus as teb
 from trio_eventbus.backends.memory import MemoryBackend
-from trio_eventbus.testing import all_tasks
+from trio_eventbus.testing import all_tasks, collect
 
 
 def env(aggregate: str, n: int) -> teb.Envelope:
@@ -151,13 +151,7 @@ async def test_close_delivers_every_pending_result_before_closing() -> None:
         async with trio.open_nursery() as nursery:
             got: list[teb.PublishResult] = []
             async with teb.open_bus(teb.MemoryConfig()) as bus:
-                results = bus.publish_results()
-
-                async def read() -> None:
-                    async for r in results:
-                        got.append(r)
-
-                nursery.start_soon(read)
+                nursery.start_soon(collect, bus.publish_results(), got)
                 for i in range(700):
                     await bus.publish_envelope("t", env("a", i))
                 assert bus.statistics().pending_publishes > 0  # nothing flushed yet
@@ -400,13 +394,7 @@ async def test_publishes_unanswered_at_close_get_failed_results(autojump_clock: 
     got: list[teb.PublishResult] = []
     async with trio.open_nursery() as nursery:
         async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=2)) as bus:
-            results = bus.publish_results()
-
-            async def read() -> None:
-                async for r in results:
-                    got.append(r)
-
-            nursery.start_soon(read)
+            nursery.start_soon(collect, bus.publish_results(), got)
             for i in range(3):
                 await bus.publish_envelope("t", env("a", i))
         stats = bus.statistics()

@@ -5,13 +5,25 @@
 - :mod:`trio_eventbus.testing.servers`: start/stop real ``nats-server`` and Kafka processes (stdlib only).
 - :mod:`trio_eventbus.testing.fixtures`: pytest fixtures over those servers.
 - :func:`all_tasks`: every task of the current Trio run (for "no task left behind" checks).
+- :func:`collect`: drain a channel (such as ``publish_results()``) into a list, from a nursery outside the bus.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import trio
 
-__all__ = ["all_tasks"]
+__all__ = ["all_tasks", "collect"]
+
+T = TypeVar("T")
+
+
+async def collect(channel: trio.abc.ReceiveChannel[T], into: list[T]) -> None:
+    """Append everything ``channel`` yields to ``into`` until it ends (e.g. ``bus.publish_results()``)."""
+    async with channel:
+        async for item in channel:
+            into.append(item)
 
 
 def all_tasks() -> list[trio.lowlevel.Task]:

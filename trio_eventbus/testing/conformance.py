@@ -26,7 +26,7 @@ import pytest
 import trio
 
 import trio_eventbus as teb
-from trio_eventbus.testing import all_tasks
+from trio_eventbus.testing import all_tasks, collect
 
 __all__ = [
     "BackendCase",
@@ -432,14 +432,9 @@ async def test_exactly_one_publish_result_per_envelope(backend_case: BackendCase
     received: list[teb.PublishResult] = []
     options = teb.BusOptions(on_publish_result=via_callback.append, results_buffer=16, publish_batch=7)
 
-    async def reader(results: trio.abc.ReceiveChannel[teb.PublishResult]) -> None:
-        async with results:
-            async for result in results:
-                received.append(result)
-
     with trio.fail_after(case.timeout):
         async with trio.open_nursery() as nursery, teb.open_bus(case.config(), options=options) as bus:
-            nursery.start_soon(reader, bus.publish_results())
+            nursery.start_soon(collect, bus.publish_results(), received)
             sent = [envelope(f"agg-{i % 5}", i) for i in range(300)]
             for env in sent:
                 await bus.publish_envelope(topic, env)
