@@ -18,6 +18,7 @@ before the call has its outcome (success or failure).
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -53,7 +54,10 @@ class PublishPipeline:
         self._free = window
         self._resume_at = max(1, min(window // 4, options.publish_batch))
         self._space = trio.lowlevel.ParkingLot()
-        self._queue_send, self._queue_recv = trio.open_memory_channel[OutgoingMessage](window)
+        # submitted, not yet handed to the backend; at most ``window`` long (each entry holds a window slot)
+        self._queue: collections.deque[OutgoingMessage] = collections.deque()
+        self._queue_waiter = trio.lowlevel.ParkingLot()
+        self._queue_closed = False
         self.outcomes_send, self._outcomes_recv = trio.open_memory_channel[Sequence[Outcome]](window)
         self._results: ResultChannel[PublishResult] | None = None
         self._results_scope = trio.CancelScope()
@@ -103,7 +107,9 @@ class PublishPipeline:
         self._seq += 1
         seq = self._seq
         message = self._pending[seq] = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
-        self._queue_send.send_nowait(message)
+        self._queue.append(message)
+        if self._queue_waiter:
+            self._queue_waiter.unpark()
         if confirm:
             waiter = self._confirms[seq] = _Confirm()
             await waiter.done.wait()
@@ -113,20 +119,19 @@ class PublishPipeline:
     async def _publisher_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         limit = self._options.publish_batch
-        recv = self._queue_recv
-        async with recv:
-            async for first in recv:
-                batch = [first]
-                while len(batch) < limit:
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                try:
-                    await self._backend.send(batch)
-                except Exception as exc:
-                    logger.warning("backend rejected a batch of %d messages: %r", len(batch), exc)
-                    await self.outcomes_send.send([Outcome(m.seq, exc) for m in batch])
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._queue_closed:
+                    return
+                await self._queue_waiter.park()
+                continue
+            batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
+            try:
+                await self._backend.send(batch)
+            except Exception as exc:
+                logger.warning("backend rejected a batch of %d messages: %r", len(batch), exc)
+                await self.outcomes_send.send([Outcome(m.seq, exc) for m in batch])
 
     async def _results_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -237,7 +242,8 @@ class PublishPipeline:
 
     def close_queue(self) -> None:
         """No more submissions: the publisher task hands over what is queued, then exits."""
-        self._queue_send.close()
+        self._queue_closed = True
+        self._queue_waiter.unpark_all()
 
     def stop_blocking_on_results(self) -> None:
         """Close deadline passed: count undeliverable results as dropped instead of waiting for a reader."""
