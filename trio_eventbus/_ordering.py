@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import trio
 
-from ._workers import ChannelTasks
+from ._workers import BoundedQueue, ChannelTasks
 
 __all__ = ["KeyedLanes", "fnv1a_32"]
 
@@ -43,8 +43,7 @@ class KeyedLanes(ChannelTasks[T]):
         process: Callable[[T], Awaitable[None]],
         abandon: Callable[[T], None],
     ) -> None:
-        pairs = [trio.open_memory_channel[T](buffer) for _ in range(lanes)]
-        super().__init__([s for s, _ in pairs], [r for _, r in pairs], process, abandon, "teb-lane")
+        super().__init__([BoundedQueue(buffer) for _ in range(lanes)], process, abandon, "teb-lane")
         self._lanes = lanes
         self._lane_of: dict[str, int] = {}
 
@@ -59,8 +58,8 @@ class KeyedLanes(ChannelTasks[T]):
 
     async def send(self, key: str, item: T) -> None:
         """Queue ``item`` on the lane of ``key``; waits while that lane is full."""
-        sender = self._senders[self.lane_of(key)]
+        queue = self._queues[self.lane_of(key)]
         try:
-            sender.send_nowait(item)
+            queue.put_nowait(item)
         except trio.WouldBlock:
-            await sender.send(item)
+            await queue.put(item)

@@ -1,42 +1,106 @@
-"""Consumer tasks over bounded memory channels, and the WorkerPool for keyless messages.
+"""Consumer tasks over bounded queues, and the WorkerPool for keyless messages.
 
-:class:`ChannelTasks` runs one task per receive channel; each task takes items in FIFO order from its channel
-and awaits ``process(item)`` for one item at a time. A task takes queued items without yielding to the
-scheduler in between (it parks only on an empty queue), so a busy lane costs no extra scheduler passes; the
-queue bound limits how long that can run without a checkpoint. :class:`WorkerPool` is ``workers`` tasks sharing one
-bounded channel: keyless messages run concurrently with no order between them.
+:class:`BoundedQueue` is a FIFO of at most ``capacity`` items: ``put`` waits while it is full (backpressure),
+``get`` waits while it is empty; both sides park on a Trio parking lot and are woken one at a time. It is a
+leaner stand-in for a memory channel pair on the per-message path (no statistics, no clones).
 
-Backpressure: ``send`` waits while the target channel is full. Closing: :meth:`ChannelTasks.close_inputs`
-lets every task finish what its channel holds and exit; :meth:`ChannelTasks.wait_finished` waits for that.
-Cancellation: a task cancelled mid-item hands the item it held and every item still queued to ``abandon``
-(the bus naks them so the broker redelivers them) before it exits.
+:class:`ChannelTasks` runs consumer tasks over queues; each task takes items in FIFO order and awaits
+``process(item)`` for one item at a time. A task takes queued items without yielding to the scheduler in
+between (it parks only on an empty queue), so a busy lane costs no extra scheduler passes; the queue bound
+limits how long that can run without a checkpoint. :class:`WorkerPool` is ``workers`` tasks sharing one queue:
+keyless messages run concurrently with no order between them.
+
+Closing: :meth:`ChannelTasks.close_inputs` lets every task finish what its queue holds and exit (a ``put``
+afterwards raises ``trio.ClosedResourceError``); :meth:`ChannelTasks.wait_finished` waits for that.
+Cancellation (from outside, or :meth:`ChannelTasks.cancel`): a task cancelled mid-item hands the item it held
+and every item still queued to ``abandon`` (the bus naks them so the broker redelivers them) before it exits.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import trio
 
-__all__ = ["ChannelTasks", "WorkerPool"]
+__all__ = ["BoundedQueue", "ChannelTasks", "WorkerPool"]
 
 T = TypeVar("T")
 
 
+class BoundedQueue(Generic[T]):
+    """A bounded FIFO between Trio tasks (see the module docstring)."""
+
+    __slots__ = ("_capacity", "_closed", "_getters", "_items", "_putters")
+
+    def __init__(self, capacity: int) -> None:
+        self._items: collections.deque[T] = collections.deque()
+        self._capacity = capacity
+        self._getters = trio.lowlevel.ParkingLot()
+        self._putters = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: T) -> None:
+        """Append ``item``; ``trio.WouldBlock`` when full, ``trio.ClosedResourceError`` after :meth:`close`."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        if len(self._items) >= self._capacity:
+            raise trio.WouldBlock
+        self._items.append(item)
+        if self._getters:
+            self._getters.unpark()
+
+    async def put(self, item: T) -> None:
+        """Append ``item``, waiting while the queue is full. Cancelled while waiting: nothing was added."""
+        while True:
+            try:
+                self.put_nowait(item)
+            except trio.WouldBlock:
+                await self._putters.park()
+            else:
+                return
+
+    def get_nowait(self) -> T:
+        """Take the oldest item; ``trio.WouldBlock`` when empty, ``trio.EndOfChannel`` when closed and empty."""
+        if self._items:
+            item = self._items.popleft()
+            if self._putters:
+                self._putters.unpark()
+            return item
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def get(self) -> T:
+        """Take the oldest item, waiting while the queue is empty. Cancelled while waiting: nothing taken."""
+        while True:
+            try:
+                return self.get_nowait()
+            except trio.WouldBlock:
+                await self._getters.park()
+
+    def close(self) -> None:
+        """No more puts; getters drain what is queued, then get ``EndOfChannel``."""
+        self._closed = True
+        self._getters.unpark_all()
+        self._putters.unpark_all()
+
+
 class ChannelTasks(Generic[T]):
-    """One consumer task per receive channel (see the module docstring)."""
+    """Consumer tasks over queues: one task per entry of ``queues`` (see the module docstring)."""
 
     def __init__(
         self,
-        senders: Sequence[trio.MemorySendChannel[T]],
-        receivers: Sequence[trio.MemoryReceiveChannel[T]],
+        queues: Sequence[BoundedQueue[T]],
         process: Callable[[T], Awaitable[None]],
         abandon: Callable[[T], None],
         name: str,
     ) -> None:
-        self._senders = list(senders)
-        self._receivers = list(receivers)
+        self._queues = list(queues)
         self._process = process
         self._abandon = abandon
         self._name = name
@@ -48,12 +112,12 @@ class ChannelTasks(Generic[T]):
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every consumer task in ``nursery``; returns when all run."""
-        for index, receiver in enumerate(self._receivers):
-            await nursery.start(self._run, receiver, name=f"{self._name}-{index}")
+        for index, queue in enumerate(self._queues):
+            await nursery.start(self._run, queue, name=f"{self._name}-{index}")
 
     async def _run(
         self,
-        receiver: trio.MemoryReceiveChannel[T],
+        queue: BoundedQueue[T],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -70,10 +134,10 @@ class ChannelTasks(Generic[T]):
                 while True:
                     # take queued items without a scheduler round trip; park only when the queue is empty
                     try:
-                        item = receiver.receive_nowait()
+                        item = queue.get_nowait()
                     except trio.WouldBlock:
                         try:
-                            item = await receiver.receive()
+                            item = await queue.get()
                         except trio.EndOfChannel:
                             break
                     except trio.EndOfChannel:
@@ -93,27 +157,26 @@ class ChannelTasks(Generic[T]):
             if cancelled:  # hand back the item we held and everything queued behind it
                 if held:
                     self._abandon(item)  # type: ignore[arg-type]
-                self._drain(receiver)
-            receiver.close()
+                self._drain(queue)
             self.alive -= 1
             if self.alive == 0:
                 self._finished.set()
 
-    def _drain(self, receiver: trio.MemoryReceiveChannel[T]) -> None:
+    def _drain(self, queue: BoundedQueue[T]) -> None:
         while True:
             try:
-                self._abandon(receiver.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                self._abandon(queue.get_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
                 return
 
     def depths(self) -> list[int]:
-        """Items queued per channel (not counting the one being processed)."""
-        return [r.statistics().current_buffer_used for r in self._receivers[: len(self._senders)]]
+        """Items queued per distinct queue (not counting the ones being processed)."""
+        return [len(q) for q in dict.fromkeys(self._queues)]
 
     def close_inputs(self) -> None:
         """No more items: tasks finish what is queued, then exit. Idempotent, does not await."""
-        for sender in self._senders:
-            sender.close()
+        for queue in self._queues:
+            queue.close()
 
     def cancel(self) -> None:
         """Cancel every task: each hands back (``abandon``) the item it held and everything queued."""
@@ -128,7 +191,7 @@ class ChannelTasks(Generic[T]):
 
 
 class WorkerPool(ChannelTasks[T]):
-    """``workers`` tasks over one bounded channel of ``buffer`` items; no order between items."""
+    """``workers`` tasks over one bounded queue of ``buffer`` items; no order between items."""
 
     def __init__(
         self,
@@ -137,19 +200,12 @@ class WorkerPool(ChannelTasks[T]):
         process: Callable[[T], Awaitable[None]],
         abandon: Callable[[T], None],
     ) -> None:
-        sender, receiver = trio.open_memory_channel[T](buffer)
-        super().__init__(
-            [sender],
-            [receiver] + [receiver.clone() for _ in range(workers - 1)],
-            process,
-            abandon,
-            "teb-worker",
-        )
-        self._sender = sender
+        self._queue: BoundedQueue[T] = BoundedQueue(buffer)
+        super().__init__([self._queue] * workers, process, abandon, "teb-worker")
 
     async def send(self, item: T) -> None:
         """Queue ``item``; waits while the queue is full. Raises ``trio.ClosedResourceError`` after close."""
         try:
-            self._sender.send_nowait(item)
+            self._queue.put_nowait(item)
         except trio.WouldBlock:
-            await self._sender.send(item)
+            await self._queue.put(item)
