@@ -401,14 +401,18 @@ async def test_broker_restart_mid_stream_loses_nothing(kafka_server: KafkaServer
     assert stats.publish_failed == 0
 
 
-async def test_sasl_wrong_password_is_a_clear_backend_unavailable(kafka_sasl_server: KafkaServer) -> None:
-    cfg = config(
-        kafka_sasl_server.bootstrap,
+def sasl_config(server: KafkaServer, mechanism: str, password: str) -> KafkaConfig:
+    return config(
+        server.bootstrap,
         security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="PLAIN",
+        sasl_mechanism=mechanism,
         sasl_username=KAFKA_SASL_USER,
-        sasl_password="not-the-password",
+        sasl_password=password,
     )
+
+
+async def test_sasl_wrong_password_is_a_clear_backend_unavailable(kafka_sasl_server: KafkaServer) -> None:
+    cfg = sasl_config(kafka_sasl_server, "PLAIN", "not-the-password")
     with trio.fail_after(60), pytest.raises(teb.BackendUnavailable, match="authentication failed") as info:
         async with teb.open_bus(cfg):
             pytest.fail("the bus must not open")
@@ -418,26 +422,14 @@ async def test_sasl_wrong_password_is_a_clear_backend_unavailable(kafka_sasl_ser
 
 
 async def test_sasl_unsupported_mechanism_is_named(kafka_sasl_server: KafkaServer) -> None:
-    cfg = config(
-        kafka_sasl_server.bootstrap,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="SCRAM-SHA-256",
-        sasl_username=KAFKA_SASL_USER,
-        sasl_password=KAFKA_SASL_PASSWORD,
-    )
+    cfg = sasl_config(kafka_sasl_server, "SCRAM-SHA-256", KAFKA_SASL_PASSWORD)
     with trio.fail_after(60), pytest.raises(teb.BackendUnavailable, match="SCRAM-SHA-256"):
         async with teb.open_bus(cfg):
             pytest.fail("the bus must not open")
 
 
 async def test_sasl_right_password_publishes_and_consumes(kafka_sasl_server: KafkaServer) -> None:
-    cfg = config(
-        kafka_sasl_server.bootstrap,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="PLAIN",
-        sasl_username=KAFKA_SASL_USER,
-        sasl_password=KAFKA_SASL_PASSWORD,
-    )
+    cfg = sasl_config(kafka_sasl_server, "PLAIN", KAFKA_SASL_PASSWORD)
     topic = unique("sasl")
     got: list[teb.Message] = []
     arrived = trio.Event()
