@@ -15,7 +15,8 @@ from typing import TypeVar
 
 import trio
 
-from ._workers import BoundedQueue, ChannelTasks
+from ._queue import BoundedQueue
+from ._workers import ChannelTasks
 
 __all__ = ["KeyedLanes", "fnv1a_32"]
 

@@ -1,8 +1,4 @@
-"""Consumer tasks over bounded queues, and the WorkerPool for keyless messages.
-
-:class:`BoundedQueue` is a FIFO of at most ``capacity`` items: ``put`` waits while it is full (backpressure),
-``get`` waits while it is empty; both sides park on a Trio parking lot and are woken one at a time. It is a
-leaner stand-in for a memory channel pair on the per-message path (no statistics, no clones).
+"""Consumer tasks over bounded queues (:class:`~._queue.BoundedQueue`), and the WorkerPool for keyless messages.
 
 :class:`ChannelTasks` runs consumer tasks over queues; each task takes items in FIFO order and awaits
 ``process(item)`` for one item at a time. A task takes queued items without yielding to the scheduler in
@@ -18,76 +14,16 @@ and every item still queued to ``abandon`` (the bus naks them so the broker rede
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import trio
 
-__all__ = ["BoundedQueue", "ChannelTasks", "WorkerPool"]
+from ._queue import BoundedQueue
+
+__all__ = ["ChannelTasks", "WorkerPool"]
 
 T = TypeVar("T")
-
-
-class BoundedQueue(Generic[T]):
-    """A bounded FIFO between Trio tasks (see the module docstring)."""
-
-    __slots__ = ("_capacity", "_closed", "_getters", "_items", "_putters")
-
-    def __init__(self, capacity: int) -> None:
-        self._items: collections.deque[T] = collections.deque()
-        self._capacity = capacity
-        self._getters = trio.lowlevel.ParkingLot()
-        self._putters = trio.lowlevel.ParkingLot()
-        self._closed = False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put_nowait(self, item: T) -> None:
-        """Append ``item``; ``trio.WouldBlock`` when full, ``trio.ClosedResourceError`` after :meth:`close`."""
-        if self._closed:
-            raise trio.ClosedResourceError
-        if len(self._items) >= self._capacity:
-            raise trio.WouldBlock
-        self._items.append(item)
-        if self._getters:
-            self._getters.unpark()
-
-    async def put(self, item: T) -> None:
-        """Append ``item``, waiting while the queue is full. Cancelled while waiting: nothing was added."""
-        while True:
-            try:
-                self.put_nowait(item)
-            except trio.WouldBlock:
-                await self._putters.park()
-            else:
-                return
-
-    def get_nowait(self) -> T:
-        """Take the oldest item; ``trio.WouldBlock`` when empty, ``trio.EndOfChannel`` when closed and empty."""
-        if self._items:
-            item = self._items.popleft()
-            if self._putters:
-                self._putters.unpark()
-            return item
-        if self._closed:
-            raise trio.EndOfChannel
-        raise trio.WouldBlock
-
-    async def get(self) -> T:
-        """Take the oldest item, waiting while the queue is empty. Cancelled while waiting: nothing taken."""
-        while True:
-            try:
-                return self.get_nowait()
-            except trio.WouldBlock:
-                await self._getters.park()
-
-    def close(self) -> None:
-        """No more puts; getters drain what is queued, then get ``EndOfChannel``."""
-        self._closed = True
-        self._getters.unpark_all()
-        self._putters.unpark_all()
 
 
 class ChannelTasks(Generic[T]):

@@ -1,0 +1,86 @@
+"""BoundedQueue: a bounded FIFO between Trio tasks, leaner than a memory channel pair.
+
+``put`` waits while the queue holds ``capacity`` items (backpressure), ``get`` waits while it is empty; both
+sides park on Trio parking lots. A waiting ``put`` is woken once the queue has drained to ``resume_at`` items
+(default: as soon as there is room). A higher-than-default gap is hysteresis: under saturation a writer and
+a reader otherwise alternate one item per scheduler pass, and everything behind the writer degrades to one
+item per wake-up. No statistics, no clones: it sits on the per-message path (keyed lanes, the worker pool,
+the publish results channel).
+
+Cancellation: a ``put`` cancelled while waiting added nothing; a ``get`` cancelled while waiting took nothing.
+``close`` ends the stream: getters drain what is queued, then get ``trio.EndOfChannel``; puts raise
+``trio.ClosedResourceError``.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Generic, TypeVar
+
+import trio
+
+__all__ = ["BoundedQueue"]
+
+T = TypeVar("T")
+
+
+class BoundedQueue(Generic[T]):
+    """A bounded FIFO between Trio tasks (see the module docstring)."""
+
+    __slots__ = ("_capacity", "_closed", "_getters", "_items", "_putters", "_resume_at")
+
+    def __init__(self, capacity: int, *, resume_at: int | None = None) -> None:
+        self._items: collections.deque[T] = collections.deque()
+        self._capacity = capacity
+        self._resume_at = capacity - 1 if resume_at is None else resume_at
+        self._getters = trio.lowlevel.ParkingLot()
+        self._putters = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: T) -> None:
+        """Append ``item``; ``trio.WouldBlock`` when full, ``trio.ClosedResourceError`` after :meth:`close`."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        if len(self._items) >= self._capacity:
+            raise trio.WouldBlock
+        self._items.append(item)
+        if self._getters:
+            self._getters.unpark()
+
+    async def put(self, item: T) -> None:
+        """Append ``item``, waiting while the queue is full. Cancelled while waiting: nothing was added."""
+        while True:
+            try:
+                self.put_nowait(item)
+            except trio.WouldBlock:
+                await self._putters.park()
+            else:
+                return
+
+    def get_nowait(self) -> T:
+        """Take the oldest item; ``trio.WouldBlock`` when empty, ``trio.EndOfChannel`` when closed and empty."""
+        if self._items:
+            item = self._items.popleft()
+            if self._putters and len(self._items) <= self._resume_at:
+                self._putters.unpark_all()
+            return item
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def get(self) -> T:
+        """Take the oldest item, waiting while the queue is empty. Cancelled while waiting: nothing taken."""
+        while True:
+            try:
+                return self.get_nowait()
+            except trio.WouldBlock:
+                await self._getters.park()
+
+    def close(self) -> None:
+        """No more puts; getters drain what is queued, then get ``EndOfChannel``."""
+        self._closed = True
+        self._getters.unpark_all()
+        self._putters.unpark_all()
