@@ -157,8 +157,6 @@ class EventBus:
         Raises :class:`BusClosedError` after close, ``ValueError`` subclasses for bad input (nothing sent).
         """
         self._check_open()
-        if topic not in self._topics.ready:
-            validate_topic(topic)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidEnvelopeError(f"data must be bytes, not {type(data).__name__}")
         if key is not None and (not isinstance(key, str) or not key):
@@ -179,8 +177,6 @@ class EventBus:
         ``BusOptions.on_publish_result``). Backpressure and ``confirm`` as in :meth:`publish`.
         """
         self._check_open()
-        if topic not in self._topics.ready:
-            validate_topic(topic)
         if not isinstance(envelope, Envelope):
             raise InvalidEnvelopeError(f"expected an Envelope, got {type(envelope).__name__}")
         body, headers = encode_envelope(envelope)

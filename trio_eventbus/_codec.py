@@ -24,7 +24,7 @@ from typing import Any
 from ._envelope import Envelope
 from ._exceptions import InvalidEnvelopeError
 
-__all__ = ["decode_envelope", "encode_envelope", "envelope_headers"]
+__all__ = ["decode_envelope", "encode_envelope"]
 
 H_EVENT_ID = "X-Event-ID"
 H_AGGREGATE_ID = "X-Aggregate-ID"
@@ -85,23 +85,6 @@ def _embeddable(payload: bytes) -> str | None:
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return text
-
-
-def envelope_headers(env: Envelope, *, base64_payload: bool = False) -> dict[str, str]:
-    """The transport headers of an envelope (see the module docstring)."""
-    headers = {
-        H_EVENT_ID: env.event_id,
-        H_AGGREGATE_ID: env.aggregate_id,
-        H_EVENT_TYPE: env.event_type,
-        H_EVENT_VERSION: str(env.event_version),
-    }
-    for name, header in _OPTIONAL:
-        value = getattr(env, name)
-        if value is not None:
-            headers[header] = value
-    if base64_payload:
-        headers[H_PAYLOAD_ENCODING] = "base64"
-    return headers
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9:_\-./ ]*")  # needs no JSON escaping

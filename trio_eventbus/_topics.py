@@ -51,8 +51,11 @@ class TopicRegistry:
     async def ensure(self, topic: str) -> None:
         """Provision ``topic`` once (single flight); raises the provisioning error to every waiter.
 
-        If the task provisioning a topic is cancelled, one of the waiters takes over.
+        If the task provisioning a topic is cancelled, one of the waiters takes over. An invalid name raises
+        :class:`InvalidTopicError` before anything is awaited; a ready topic costs one set lookup.
         """
+        if topic not in self.ready:
+            validate_topic(topic)
         while topic not in self.ready:
             attempt = self._attempts.get(topic)
             if attempt is not None:

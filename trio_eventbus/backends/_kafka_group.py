@@ -222,7 +222,6 @@ class GroupConsumer:
         self._sinks: dict[str, DeliverySink] = {}
         self._parts: dict[TopicPartition, _Partition] = {}
         self._gen = 0
-        self._assigned_topics: frozenset[str] = frozenset()
         self._live_waiters: list[tuple[str, trio.Event]] = []
         self._ready: collections.deque[_Partition] = collections.deque()
         self._ready_lot = trio.lowlevel.ParkingLot()
@@ -416,7 +415,6 @@ class GroupConsumer:
 
     def _on_assigned(self, item: Assigned) -> None:
         self._gen = item.gen
-        self._assigned_topics = item.topics
         for tp in item.tps:
             sink = self._sinks.get(tp.topic)
             if sink is None:  # cannot happen: we subscribe only topics that have a sink

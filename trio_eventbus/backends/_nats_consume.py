@@ -90,7 +90,6 @@ class Subscription:
         self.held: set[JsToken] = set()  # handed to the bus, not settled yet
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
-        self.delivered = 0
         self._bridge = bridge
         self._requeued: list[tuple[float, int, Delivery]] = []  # core NAKs: (due, tiebreak, delivery)
         self._wait: trio.CancelScope | None = None
@@ -111,8 +110,7 @@ class Subscription:
                         self.held.update(d.token for d in deliveries)  # type: ignore[misc]
                     try:
                         await self.sink.deliver(deliveries)
-                    finally:
-                        self.delivered += len(deliveries)
+                    finally:  # credits go back even when the delivery was cut short
                         unposted += from_pipe
                         if unposted >= lump and self.source is not None:
                             try:

@@ -222,9 +222,6 @@ class _Topic:
     def next_due(self, group: _Group) -> float:
         return group.redeliver[0][0] if group.redeliver else float("inf")
 
-    def has_ready(self, group: _Group, now: float) -> bool:
-        return group.next < self.end or (bool(group.redeliver) and group.redeliver[0][0] <= now)
-
 
 class MemoryBroker:
     """An in-process broker. Share one between buses (``MemoryConfig(broker=...)``) in the same Trio run."""
