@@ -65,10 +65,12 @@ def test_per_key_order_for_any_lane_count(lane_count: int, keys: list[str], seed
 
 async def test_different_keys_run_concurrently_and_one_slow_key_holds_only_its_lane() -> None:
     release = trio.Event()
+    slow_started = trio.Event()
     handled: list[str] = []
 
     async def process(key: str) -> None:
         if key == "slow":
+            slow_started.set()
             await release.wait()
         handled.append(key)
 
@@ -81,6 +83,7 @@ async def test_different_keys_run_concurrently_and_one_slow_key_holds_only_its_l
             await lanes.send("slow", "slow")
             for key in others:
                 await lanes.send(key, key)
+            await slow_started.wait()
             while len(handled) < len(others):
                 await trio.lowlevel.checkpoint()
             assert sorted(handled) == sorted(others)  # nobody waited for "slow"
