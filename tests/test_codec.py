@@ -186,3 +186,17 @@ def test_timestamp_parsing_accepts_rfc3339_variants() -> None:
     assert parse_timestamp("2026-01-02T03:04:05.5-01:30") == dt.datetime(2026, 1, 2, 4, 34, 5, 500000, tzinfo=dt.UTC)
     with pytest.raises(teb.InvalidEnvelopeError):
         parse_timestamp("2026-13-02T03:04:05Z")
+
+
+def test_new_message_builds_the_same_value_as_the_constructor() -> None:
+    import attrs
+
+    from trio_eventbus._envelope import new_message
+
+    names = [f.name for f in attrs.fields(teb.Message)]
+    assert names == ["topic", "data", "key", "headers", "message_id", "delivery_attempt"]  # new_message's order
+    built = new_message("t", b"x", "k", {"a": "b"}, "id-1", 3)
+    expected = teb.Message(topic="t", data=b"x", key="k", headers={"a": "b"}, message_id="id-1", delivery_attempt=3)
+    assert built == expected
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.topic = "other"  # type: ignore[misc]

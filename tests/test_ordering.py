@@ -134,3 +134,63 @@ async def test_send_waits_while_lane_is_full() -> None:
             await lanes.send("k", 3)
             lanes.close_inputs()
             await lanes.wait_finished()
+
+
+async def test_bounded_queue_poll_and_wait_readable() -> None:
+    from trio_eventbus._queue import BoundedQueue
+
+    queue: BoundedQueue[int] = BoundedQueue(2, resume_at=0)
+    marker = object()
+    assert queue.poll(marker) is marker
+    readable: list[bool] = []
+
+    async def waiter() -> None:
+        readable.append(await queue.wait_readable())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert readable == []  # nothing queued: still waiting
+        queue.put_nowait(1)
+    assert readable == [True]
+    assert len(queue) == 1  # wait_readable took nothing
+    queue.put_nowait(2)
+    with pytest.raises(trio.WouldBlock):
+        queue.put_nowait(3)
+    assert queue.poll(marker) == 1
+    queue.close()
+    assert await queue.wait_readable() is True  # closed, but an item is left to drain
+    assert queue.poll(marker) == 2
+    assert await queue.wait_readable() is False  # closed and empty
+    assert queue.poll(marker) is marker
+
+
+async def test_full_lane_takes_its_sender_back_once_half_drained() -> None:
+    """Lanes resume a blocked sender at half capacity, so a saturated lane is fed in runs, not one by one."""
+    gate = trio.Event()
+    sent: list[int] = []
+
+    async def process(item: int) -> None:
+        await gate.wait()
+
+    lanes: KeyedLanes[int] = KeyedLanes(1, 4, process, lambda item: None)
+    queue = lanes.queue_of("k")
+
+    async def sender() -> None:
+        for i in range(8):
+            await lanes.send("k", i)
+            sent.append(i)
+
+    async with trio.open_nursery() as nursery:
+        await lanes.start(nursery)
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()
+        # 0-3 filled the lane; the lane task took 0 (blocked in process): one slot is free, but above half the
+        # sender of 4 stays parked
+        assert sent == [0, 1, 2, 3]
+        assert len(queue) == 3
+        assert queue.poll(-1) == 1  # now half drained: the sender is woken and sends a run (4, 5) until full
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == [0, 1, 2, 3, 4, 5]
+        assert len(queue) == 4
+        lanes.cancel()

@@ -6,9 +6,11 @@ letters, publish results). The contract, which the conformance suite in :mod:`tr
 Publishing
     :meth:`Backend.send` hands a batch of :class:`OutgoingMessage` to the broker (one bridge crossing per
     batch) and returns without waiting for broker acks. For every message the backend later reports exactly
-    one :class:`Outcome` (``error=None`` on success) on the ``outcomes`` channel given to :meth:`Backend.start`,
-    in batches. Messages of one ``send`` call to one topic and key are stored in order. If ``send`` raises,
-    the bus reports the whole batch as failed. A message whose id (``message_id``) the broker has already
+    one verdict on the ``outcomes`` channel given to :meth:`Backend.start`: an :class:`Outcome` names one or
+    many messages (``seqs``) that share a verdict (``error=None``: stored), so a batch acknowledged at once
+    costs one object, not one per message. Every message appears in exactly one Outcome; batches may come in
+    any order. Messages of one ``send`` call to one topic and key are stored in order. If ``send`` raises, the
+    bus reports the whole batch as failed. A message whose id (``message_id``) the broker has already
     stored inside the topic's ``duplicate_window`` is acknowledged but not stored again (dedupe), where the
     backend's ``features.dedupes`` says so.
 
@@ -80,11 +82,11 @@ class OutgoingMessage:
     envelope: Envelope | None = attrs.field(default=None, eq=False)
 
 
-@attrs.define(slots=True, eq=False)  # one per message: read-only by contract; not frozen (3x faster to build)
+@attrs.define(slots=True, eq=False)  # read-only by contract; not frozen (3x faster to build)
 class Outcome:
-    """The broker's verdict on the message with sequence number ``seq``."""
+    """The broker's verdict on the messages with the sequence numbers ``seqs`` (``error=None``: stored)."""
 
-    seq: int
+    seqs: Sequence[int]
     error: BaseException | None = None
 
 

@@ -37,7 +37,7 @@ import trio
 from ._abc import Backend
 from ._codec import encode_envelope
 from ._dispatch import Dispatcher, Handler, Subscription
-from ._envelope import Envelope, Message, freeze_headers
+from ._envelope import _EMPTY_HEADERS, Envelope, Message, freeze_headers
 from ._exceptions import (
     AlreadySubscribedError,
     BusClosedError,
@@ -79,6 +79,7 @@ class EventBus:
         self._subscriptions: dict[tuple[str, str], Subscription] = {}
         self._closing = False
         self._closed = False
+        self._max_message_bytes = options.max_message_bytes
         self._nursery: trio.Nursery | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -156,19 +157,25 @@ class EventBus:
         With ``confirm=True`` waits for the broker's ack and raises :class:`PublishError` on failure.
         Raises :class:`BusClosedError` after close, ``ValueError`` subclasses for bad input (nothing sent).
         """
-        self._check_open()
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if self._closing:
+            self._check_open()
+        if type(data) is bytes:
+            body = data
+        elif isinstance(data, bytes | bytearray | memoryview):
+            body = bytes(data)
+        else:
             raise InvalidEnvelopeError(f"data must be bytes, not {type(data).__name__}")
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidEnvelopeError("key must be a non-empty str or None")
         if message_id is not None and (not isinstance(message_id, str) or not message_id.strip()):
             raise InvalidEnvelopeError("message_id must be a non-blank str or None")
-        body = bytes(data)
-        self._check_size(topic, body)
-        frozen = freeze_headers(headers)
+        if len(body) > self._max_message_bytes:
+            self._check_size(topic, body)
+        frozen = _EMPTY_HEADERS if headers is None else freeze_headers(headers)
         if topic not in self._topics.ready:
             await self._topics.ensure(topic)
-        await self._publisher.submit(topic, body, frozen, key, message_id, None, confirm=confirm)
+        if confirm or not self._publisher.submit_nowait(topic, body, frozen, key, message_id, None):
+            await self._publisher.submit(topic, body, frozen, key, message_id, None, confirm=confirm)
 
     async def publish_envelope(self, topic: str, envelope: Envelope, *, confirm: bool = False) -> None:
         """Publish an envelope, keyed by its ``aggregate_id``, with ``event_id`` as the broker dedupe id.

@@ -27,7 +27,7 @@ import trio
 
 from ._abc import Backend, Delivery, Disposition
 from ._codec import decode_envelope
-from ._envelope import Envelope, Message
+from ._envelope import Envelope, Message, new_message
 from ._exceptions import InvalidEnvelopeError, InvalidHandlerError
 from ._options import BusOptions
 from ._ordering import KeyedLanes
@@ -40,6 +40,8 @@ __all__ = ["Dispatcher", "Subscription", "check_handler"]
 logger = logging.getLogger("trio_eventbus")
 
 Handler = Callable[[Any], Awaitable[object]]
+_ACK = Disposition.ACK
+_message = new_message
 _Item = tuple["Subscription", Delivery]
 
 
@@ -66,10 +68,7 @@ class Subscription:
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> None:
         """Route each delivery to its lane (by key) or to the worker pool; waits while they are full."""
-        route = self.dispatcher.route
-        for delivery in deliveries:
-            await route(self, delivery)
-        await trio.lowlevel.checkpoint()
+        await self.dispatcher.route_many(self, deliveries)
 
 
 class Dispatcher:
@@ -126,6 +125,27 @@ class Dispatcher:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._abandon((sub, delivery))  # the bus is stopping: hand it back for redelivery
 
+    async def route_many(self, sub: Subscription, deliveries: Sequence[Delivery]) -> None:
+        """:meth:`route` for a batch, in order: queues without awaiting while there is room; one checkpoint."""
+        queue_of = self.lanes.queue_of
+        pool = self.workers.queue
+        for delivery in deliveries:
+            if delivery.attempt > 1:
+                self.redelivered += 1
+            key = delivery.key
+            queue = queue_of(key) if key else pool
+            item = (sub, delivery)
+            try:
+                queue.put_nowait(item)
+            except trio.WouldBlock:
+                try:
+                    await queue.put(item)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._abandon(item)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._abandon(item)  # the bus is stopping: hand it back for redelivery
+        await trio.lowlevel.checkpoint()
+
     def close_inputs(self) -> None:
         """Let lanes and workers finish what they hold, then exit."""
         self.lanes.close_inputs()
@@ -157,40 +177,48 @@ class Dispatcher:
                     await self._dead_letter(sub, delivery, exc, delivery.attempt, "undecodable")
                     return
             else:
-                value = Message(
-                    topic=delivery.topic,
-                    data=delivery.body,
-                    key=delivery.key,
-                    headers=delivery.headers,
-                    message_id=delivery.message_id,
-                    delivery_attempt=delivery.attempt,
+                value = _message(
+                    delivery.topic,
+                    delivery.body,
+                    delivery.key,
+                    delivery.headers,
+                    delivery.message_id,
+                    delivery.attempt,
                 )
-            await self._handle(sub, delivery, value)
-        finally:
-            self.in_flight -= 1
-
-    async def _handle(self, sub: Subscription, delivery: Delivery, value: Envelope | Message) -> None:
-        attempt = delivery.attempt
-        retry = self._retry
-        while True:
             try:
                 await sub.handler(value)
             except Exception as exc:
-                self.handler_errors += 1
-                if attempt >= retry.max_attempts:
-                    logger.warning("handler for %r failed %d times, dead-lettering: %r", sub.topic, attempt, exc)
-                    await self._dead_letter(sub, delivery, exc, attempt, "handler-failed")
-                    return
-                self.retries += 1
-                delay = retry.backoff(attempt)
-                logger.debug("handler for %r failed (attempt %d), retry in %.3fs: %r", sub.topic, attempt, delay, exc)
-                if self._redeliver:
-                    self._backend.settle(delivery, Disposition.NAK, delay)
-                    return
-                await trio.sleep(delay)
-                attempt += 1
-                if isinstance(value, Message):
-                    value = attrs.evolve(value, delivery_attempt=attempt)
+                await self._failed(sub, delivery, value, exc)
+            else:
+                self.handled += 1
+                self._backend.settle(delivery, _ACK)
+        finally:
+            self.in_flight -= 1
+
+    async def _failed(self, sub: Subscription, delivery: Delivery, value: Envelope | Message, exc: Exception) -> None:
+        """The handler raised: retry per the policy (in place, or nak to redeliver), then dead-letter."""
+        attempt = delivery.attempt
+        retry = self._retry
+        while True:
+            self.handler_errors += 1
+            if attempt >= retry.max_attempts:
+                logger.warning("handler for %r failed %d times, dead-lettering: %r", sub.topic, attempt, exc)
+                await self._dead_letter(sub, delivery, exc, attempt, "handler-failed")
+                return
+            self.retries += 1
+            delay = retry.backoff(attempt)
+            logger.debug("handler for %r failed (attempt %d), retry in %.3fs: %r", sub.topic, attempt, delay, exc)
+            if self._redeliver:
+                self._backend.settle(delivery, Disposition.NAK, delay)
+                return
+            await trio.sleep(delay)
+            attempt += 1
+            if isinstance(value, Message):
+                value = attrs.evolve(value, delivery_attempt=attempt)
+            try:
+                await sub.handler(value)
+            except Exception as again:
+                exc = again
                 continue
             self.handled += 1
             self._backend.settle(delivery, Disposition.ACK)

@@ -44,7 +44,10 @@ class KeyedLanes(ChannelTasks[T]):
         process: Callable[[T], Awaitable[None]],
         abandon: Callable[[T], None],
     ) -> None:
-        super().__init__([BoundedQueue(buffer) for _ in range(lanes)], process, abandon, "teb-lane")
+        # a full lane takes its sender back once half drained: under saturation the feeder then routes a run of
+        # messages per wake-up instead of alternating one-for-one with the lane task
+        queues = [BoundedQueue[T](buffer, resume_at=buffer // 2) for _ in range(lanes)]
+        super().__init__(queues, process, abandon, "teb-lane")
         self._lanes = lanes
         self._lane_of: dict[str, int] = {}
 
@@ -56,6 +59,10 @@ class KeyedLanes(ChannelTasks[T]):
                 self._lane_of.clear()
             lane = self._lane_of[key] = fnv1a_32(key.encode("utf-8")) % self._lanes
         return lane
+
+    def queue_of(self, key: str) -> BoundedQueue[T]:
+        """The queue of the lane of ``key``."""
+        return self._queues[self.lane_of(key)]
 
     async def send(self, key: str, item: T) -> None:
         """Queue ``item`` on the lane of ``key``; waits while that lane is full."""

@@ -84,6 +84,26 @@ class PublishPipeline:
         await nursery.start(self._publisher_task, name="teb-publisher")
         await nursery.start(self._results_task, name="teb-results")
 
+    def submit_nowait(
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        key: str | None,
+        message_id: str | None,
+        envelope: Envelope | None,
+    ) -> bool:
+        """:meth:`submit` without ``confirm`` when a window slot is free at once; False (nothing queued) if not."""
+        if self._free <= 0 or self._space:
+            return False
+        self._free -= 1
+        self._seq = seq = self._seq + 1
+        message = self._pending[seq] = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
+        self._queue.append(message)
+        if self._queue_waiter:
+            self._queue_waiter.unpark()
+        return True
+
     async def submit(
         self,
         topic: str,
@@ -131,7 +151,7 @@ class PublishPipeline:
                 await self._backend.send(batch)
             except Exception as exc:
                 logger.warning("backend rejected a batch of %d messages: %r", len(batch), exc)
-                await self.outcomes_send.send([Outcome(m.seq, exc) for m in batch])
+                await self.outcomes_send.send([Outcome([m.seq for m in batch], exc)])
 
     async def _results_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -139,28 +159,31 @@ class PublishPipeline:
             async with self._outcomes_recv:
                 async for outcomes in self._outcomes_recv:
                     for outcome in outcomes:
-                        await self._complete(outcome.seq, outcome.error)
+                        await self._complete(outcome.seqs, outcome.error)
         finally:
             self._results_task_done.set()
 
-    async def _complete(self, seq: int, error: BaseException | None) -> None:
-        message = self._pending.pop(seq, None)
-        if message is None:
-            logger.error("backend reported a second outcome for message %d; ignored", seq)
-            return
-        if error is None:
-            self.published += 1
-        else:
-            self.failed += 1
-        if self._confirms:
-            waiter = self._confirms.pop(seq, None)
-            if waiter is not None:
-                waiter.error = error
-                waiter.done.set()
-        if message.envelope is not None and (self._results is not None or self._options.on_publish_result):
-            await self._deliver_result(message, error)
-        self._release()
-        self._advance(seq)
+    async def _complete(self, seqs: Sequence[int], error: BaseException | None) -> None:
+        """Account for the outcome of ``seqs``; awaits only to hand a result to a full results channel."""
+        pending = self._pending
+        for seq in seqs:
+            message = pending.pop(seq, None)
+            if message is None:
+                logger.error("backend reported a second outcome for message %d; ignored", seq)
+                continue
+            if error is None:
+                self.published += 1
+            else:
+                self.failed += 1
+            if self._confirms:
+                waiter = self._confirms.pop(seq, None)
+                if waiter is not None:
+                    waiter.error = error
+                    waiter.done.set()
+            if message.envelope is not None and (self._results is not None or self._options.on_publish_result):
+                await self._deliver_result(message, error)
+            self._release()
+            self._advance(seq)
 
     def _release(self) -> None:
         """Free one window slot; parked publishers wake together once ``_resume_at`` slots are free."""
@@ -262,7 +285,6 @@ class PublishPipeline:
             error = PublishError("the bus closed before the broker acknowledged this message")
             logger.warning("%d publishes closed without a broker ack; reporting them failed", len(self._pending))
             self._drop_results = True
-            for seq in sorted(self._pending):
-                await self._complete(seq, error)
+            await self._complete(sorted(self._pending), error)
         if self._results is not None:
             self._results.close_writer()

@@ -22,6 +22,7 @@ import trio
 __all__ = ["BoundedQueue"]
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 
 class BoundedQueue(Generic[T]):
@@ -71,6 +72,16 @@ class BoundedQueue(Generic[T]):
             raise trio.EndOfChannel
         raise trio.WouldBlock
 
+    def poll(self, default: D) -> T | D:
+        """Take the oldest item, or return ``default`` when the queue is empty (closed or not); never raises."""
+        items = self._items
+        if items:
+            item = items.popleft()
+            if self._putters and len(items) <= self._resume_at:
+                self._putters.unpark_all()
+            return item
+        return default
+
     async def get(self) -> T:
         """Take the oldest item, waiting while the queue is empty. Cancelled while waiting: nothing taken."""
         while True:
@@ -78,6 +89,17 @@ class BoundedQueue(Generic[T]):
                 return self.get_nowait()
             except trio.WouldBlock:
                 await self._getters.park()
+
+    async def wait_readable(self) -> bool:
+        """Wait until an item is queued (True) or the queue is closed and empty (False); takes nothing.
+
+        The consumer loops' way to wait without raising an exception per wake-up.
+        """
+        while not self._items:
+            if self._closed:
+                return False
+            await self._getters.park()
+        return True
 
     def close(self) -> None:
         """No more puts; getters drain what is queued, then get ``EndOfChannel``."""

@@ -15,7 +15,7 @@ and every item still queued to ``abandon`` (the bus naks them so the broker rede
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -24,6 +24,7 @@ from ._queue import BoundedQueue
 __all__ = ["ChannelTasks", "WorkerPool"]
 
 T = TypeVar("T")
+_NOTHING: Any = object()  # BoundedQueue.poll's "empty" marker
 
 
 class ChannelTasks(Generic[T]):
@@ -67,21 +68,18 @@ class ChannelTasks(Generic[T]):
             scope.cancel()
         try:
             with scope:
+                process = self._process
                 while True:
                     # take queued items without a scheduler round trip; park only when the queue is empty
-                    try:
-                        item = queue.get_nowait()
-                    except trio.WouldBlock:
-                        try:
-                            item = await queue.get()
-                        except trio.EndOfChannel:
-                            break
-                    except trio.EndOfChannel:
+                    item = queue.poll(_NOTHING)
+                    if item is _NOTHING:
+                        if await queue.wait_readable():
+                            continue
                         break
                     held = True
                     self.busy += 1
                     try:
-                        await self._process(item)
+                        await process(item)
                     finally:
                         self.busy -= 1
                     held = False
@@ -136,12 +134,12 @@ class WorkerPool(ChannelTasks[T]):
         process: Callable[[T], Awaitable[None]],
         abandon: Callable[[T], None],
     ) -> None:
-        self._queue: BoundedQueue[T] = BoundedQueue(buffer)
-        super().__init__([self._queue] * workers, process, abandon, "teb-worker")
+        self.queue: BoundedQueue[T] = BoundedQueue(buffer)
+        super().__init__([self.queue] * workers, process, abandon, "teb-worker")
 
     async def send(self, item: T) -> None:
         """Queue ``item``; waits while the queue is full. Raises ``trio.ClosedResourceError`` after close."""
         try:
-            self._queue.put_nowait(item)
+            self.queue.put_nowait(item)
         except trio.WouldBlock:
-            await self._queue.put(item)
+            await self.queue.put(item)

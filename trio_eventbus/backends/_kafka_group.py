@@ -11,7 +11,7 @@ Two halves, joined by one :class:`~trio_eventbus.backends._aio.BatchPipe` (async
   Trio wake-up per batch, never per record).
 * :class:`GroupConsumer` in Trio: a reader task drains the pipe into per-partition queues (it never blocks
   on the bus, so rebalance events are seen at once), a feeder task hands queued records to the
-  subscription's sink in chunks of up to 128 (awaiting while the bus's lanes are full), a committer task
+  subscription's sink in chunks of up to 512 (awaiting while the bus's lanes are full), a committer task
   commits handled offsets in batches (one crossing per batch).
 
 Ordering
@@ -55,6 +55,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import trio
@@ -72,7 +73,8 @@ __all__ = ["GroupConsumer"]
 logger = logging.getLogger("trio_eventbus.kafka")
 
 _PIPE_ITEMS = 4  # fetch batches buffered between the loops (plus rebalance events)
-_FEED_CHUNK = 128  # records per sink.deliver call
+_FEED_CHUNK = 512  # records per sink.deliver call (one lane wake-up per lane and chunk)
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _FINAL_COMMIT_TIMEOUT = 5.0
 
 
@@ -172,19 +174,36 @@ class _Partition:
         return pos if pos is not None and pos != self.committed else None
 
 
-def _decode(record: ConsumerRecord, part: _Partition) -> Delivery:
-    headers = {k: "" if v is None else v.decode("utf-8", "surrogateescape") for k, v in record.headers}
-    message_id = headers.pop(H_MESSAGE_ID, None) or headers.get(H_EVENT_ID)
-    key = record.key
-    return Delivery(
-        part.topic,
-        b"" if record.value is None else record.value,
-        headers,
-        None if key is None else key.decode("utf-8", "surrogateescape"),
-        message_id,
-        part.attempts.get(record.offset, 1) if part.attempts else 1,
-        (part, record.offset),
-    )
+def _decode(records: list[ConsumerRecord], part: _Partition) -> list[Delivery]:
+    """Deliveries of ``records`` (one partition, offset order); appends their offsets to ``part.offsets``."""
+    topic, attempts = part.topic, part.attempts
+    out: list[Delivery] = []
+    append, offsets = out.append, part.offsets
+    for record in records:
+        offset = record.offset
+        raw = record.headers
+        headers: Mapping[str, str]
+        if raw:
+            decoded = {k: "" if v is None else v.decode("utf-8", "surrogateescape") for k, v in raw}
+            message_id = decoded.pop(H_MESSAGE_ID, None) or decoded.get(H_EVENT_ID)
+            headers = decoded
+        else:
+            headers, message_id = _NO_HEADERS, None
+        key = record.key
+        value = record.value
+        append(
+            Delivery(
+                topic,
+                b"" if value is None else value,
+                headers,
+                None if key is None else key.decode("utf-8", "surrogateescape"),
+                message_id,
+                attempts.get(offset, 1) if attempts else 1,
+                (part, offset),
+            )
+        )
+        offsets.append(offset)
+    return out
 
 
 class GroupConsumer:
@@ -480,12 +499,12 @@ class GroupConsumer:
             if part.halted or not queue:
                 continue
             n = min(len(queue), _FEED_CHUNK)
-            records = [queue.popleft() for _ in range(n)]
+            popleft = queue.popleft
+            records = [popleft() for _ in range(n)]
             if queue:
                 part.in_ready = True
                 ready.append(part)
-            deliveries = [_decode(r, part) for r in records]
-            part.offsets.extend(r.offset for r in records)
+            deliveries = _decode(records, part)
             part.inflight += n
             try:
                 await part.sink.deliver(deliveries)

@@ -14,9 +14,10 @@ Backpressure: ``send_batch`` waits while the partition's previous batch has not 
 with ``KafkaTimeoutError`` after ``request_timeout_ms``): the bus's publisher task waits with it.
 
 Outcomes: every message of a builder shares the builder's delivery future; when all futures of one submit are
-resolved, :class:`_AckBatch` puts one list of :class:`Outcome` (one per message, failures translated) into the
-outcome pipe. Cancelled, ``submit`` stops: builders already handed over still report, every other message
-of the batch gets a failed outcome — never none, never two.
+resolved, :class:`_AckBatch` puts one list of :class:`Outcome` into the outcome pipe, in submit order: one
+Outcome for the whole submit when every message was stored, else one per message (failures translated).
+Cancelled, ``submit`` stops: builders already handed over still report, every other message of the batch gets
+a failed outcome — never none, never two.
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ def publish_error(exc: BaseException) -> BaseException:
 class _AckBatch:
     """The delivery futures of one ``submit``; reports all their outcomes as one list once resolved."""
 
-    __slots__ = ("failed", "groups", "pipe", "remaining", "sealed")
+    __slots__ = ("failed", "groups", "order", "pipe", "remaining", "sealed")
 
-    def __init__(self, pipe: BatchPipe[list[Outcome]]) -> None:
+    def __init__(self, pipe: BatchPipe[list[Outcome]], order: list[int]) -> None:
         self.pipe = pipe
+        self.order = order  # every seq of the submit, in submit order
         self.groups: list[tuple[list[int], asyncio.Future[Any]]] = []
         self.failed: list[tuple[int, BaseException]] = []
         self.remaining = 0
@@ -93,14 +95,22 @@ class _AckBatch:
             self._report()
 
     def _report(self) -> None:
-        outcomes = [Outcome(seq, publish_error(exc)) for seq, exc in self.failed]
+        errors = {seq: publish_error(exc) for seq, exc in self.failed}
         for seqs, fut in self.groups:
             if fut.cancelled():
                 error: BaseException | None = PublishError("the kafka producer dropped the message (it stopped)")
             else:
                 exc = fut.exception()
                 error = None if exc is None else publish_error(exc)
-            outcomes.extend([Outcome(seq, error) for seq in seqs])
+            if error is not None:
+                errors.update(dict.fromkeys(seqs, error))
+        if sum(len(seqs) for seqs, _ in self.groups) + len(self.failed) != len(self.order):  # a bug: fail safe
+            covered = {seq for seqs, _ in self.groups for seq in seqs} | errors.keys()
+            lost = PublishError("the kafka backend lost track of this message; it may or may not be stored")
+            errors.update((seq, lost) for seq in self.order if seq not in covered)
+        # in submit order (the bus's flush frontier then advances without bookkeeping), not partition order
+        # the common case, every message stored: one object for the whole submit
+        outcomes = [Outcome((seq,), errors.get(seq)) for seq in self.order] if errors else [Outcome(self.order)]
         try:
             if not self.pipe.put_nowait(outcomes):  # cannot happen: the bus's window bounds the pipe
                 logger.error("kafka outcome pipe full: %d outcomes lost", len(outcomes))
@@ -148,7 +158,7 @@ class AioPublisher:
     async def submit(self, batch: Sequence[OutgoingMessage]) -> None:
         """Hand ``batch`` to the producer; one outcome per message follows through the outcome pipe."""
         producer = self._producer
-        acks = _AckBatch(self._outcomes)
+        acks = _AckBatch(self._outcomes, [msg.seq for msg in batch])
         fresh: dict[str, tuple[_Topic, list[int]]] = {}
         open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
         sticky: dict[str, int] = {}  # keyless messages of one submit share one partition per topic

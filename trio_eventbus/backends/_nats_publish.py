@@ -98,7 +98,8 @@ class Publisher:
     def fail_queued(self) -> None:
         """At close, after the worker stopped: fail what it never wrote (nothing, normally)."""
         error = PublishError("the NATS backend closed before the message was handed to NATS")
-        self._emit([Outcome(item[0], error) for item in self._inbox.take_all()])
+        if queued := [item[0] for item in self._inbox.take_all()]:
+            self._emit([Outcome(queued, error)])
 
     async def forward(
         self,
@@ -146,19 +147,21 @@ class Publisher:
                     else:
                         await publish(subject, body, headers=headers)
                         self.core_sent += 1
-                        now.append(Outcome(seq))
+                        now.append(Outcome((seq,)))
                 except Exception as exc:
                     inflight.pop(seq, None)
                     self.failed += 1
                     error = translate(exc, f"publish to {subject!r} refused", publish=True)
                     error.__cause__ = exc
-                    now.append(Outcome(seq, error))
+                    now.append(Outcome((seq,), error))
             index = len(items)
         except (asyncio.CancelledError, _Abandoned) as exc:
             error = PublishError("the NATS backend closed before the message was handed to NATS")
-            for item in items[index:]:  # the one being written when interrupted, and the rest
-                inflight.pop(item[0], None)
-                now.append(Outcome(item[0], error))
+            rest = [item[0] for item in items[index:]]  # the one being written when interrupted, and the rest
+            for seq in rest:
+                inflight.pop(seq, None)
+            if rest:
+                now.append(Outcome(rest, error))
             self.failed += len(items) - index
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -187,7 +190,7 @@ class Publisher:
         else:
             self.failed += 1
         if not self._closed:
-            self.pipe.put_nowait(Outcome(seq, error))
+            self.pipe.put_nowait(Outcome((seq,), error))
         self._freed()
 
     def _freed(self) -> None:
@@ -205,7 +208,7 @@ class Publisher:
             if inflight.pop(seq, None) is not None:
                 self.timeouts += 1
                 self.failed += 1
-                expired.append(Outcome(seq, PublishTimeout(self._timeout_text())))
+                expired.append(Outcome((seq,), PublishTimeout(self._timeout_text())))
         if expired:
             self._emit(expired)
             self._freed()

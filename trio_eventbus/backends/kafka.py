@@ -386,11 +386,12 @@ class KafkaBackend:
             except trio.EndOfChannel:
                 return
             batch = lists[0] if len(lists) == 1 else [o for lst in lists for o in lst]
+            count = sum(len(o.seqs) for o in batch)
             try:
                 await outcomes.send(batch)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                logger.error("the bus stopped reading outcomes: %d dropped", len(batch))
-            self._forwarded += len(batch)
+                logger.error("the bus stopped reading outcomes: %d dropped", count)
+            self._forwarded += count
             self._progress.set()
 
     # -- publishing ------------------------------------------------------------------------------------

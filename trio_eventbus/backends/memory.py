@@ -317,19 +317,19 @@ class MemoryBackend:
     async def send(self, batch: Sequence[OutgoingMessage]) -> None:
         assert self._outcomes is not None
         now = trio.current_time()
-        stored: list[Outcome] = []
+        stored: list[int] = []
         for msg in batch:
             topic = self.broker._topic(msg.topic)
             if topic.full():
                 if stored:  # report what is stored before waiting for room (a cancel must not hide it)
-                    await self._outcomes.send(stored)
+                    await self._outcomes.send([Outcome(stored)])
                     stored = []
                 while topic.full():
                     await topic.space.park()
                 now = trio.current_time()
             topic.append(msg, now)
-            stored.append(Outcome(msg.seq))
-        await self._outcomes.send(stored)
+            stored.append(msg.seq)
+        await self._outcomes.send([Outcome(stored)])
 
     async def subscribe(self, topic: str, group: str, options: TopicOptions, sink: DeliverySink) -> None:
         assert self._nursery is not None
