@@ -82,6 +82,7 @@ class Dispatcher:
         ensure_topic: Callable[[str], Awaitable[None]],
     ) -> None:
         self._backend = backend
+        self._settle = backend.settle
         self._options = options
         self._retry = options.retry
         self._redeliver = options.retry.strategy == "redeliver" and backend.features.redelivers
@@ -99,7 +100,6 @@ class Dispatcher:
         self.discarded = 0
         self.undecodable = 0
         self.redelivered = 0
-        self.in_flight = 0
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every lane and worker task."""
@@ -164,36 +164,32 @@ class Dispatcher:
     def _abandon(self, item: _Item) -> None:
         self._backend.settle(item[1], Disposition.NAK, 0.0)
 
+    @property
+    def in_flight(self) -> int:
+        """Deliveries being processed by a lane or worker task right now."""
+        return self.lanes.busy + self.workers.busy
+
     async def _process(self, item: _Item) -> None:
         sub, delivery = item
-        self.in_flight += 1
-        try:
-            value: Envelope | Message
-            if sub.envelopes:
-                try:
-                    value = delivery.envelope or decode_envelope(delivery.body, delivery.headers)
-                except InvalidEnvelopeError as exc:
-                    self.undecodable += 1
-                    await self._dead_letter(sub, delivery, exc, delivery.attempt, "undecodable")
-                    return
-            else:
-                value = _message(
-                    delivery.topic,
-                    delivery.body,
-                    delivery.key,
-                    delivery.headers,
-                    delivery.message_id,
-                    delivery.attempt,
-                )
+        value: Envelope | Message
+        if sub.envelopes:
             try:
-                await sub.handler(value)
-            except Exception as exc:
-                await self._failed(sub, delivery, value, exc)
-            else:
-                self.handled += 1
-                self._backend.settle(delivery, _ACK)
-        finally:
-            self.in_flight -= 1
+                value = delivery.envelope or decode_envelope(delivery.body, delivery.headers)
+            except InvalidEnvelopeError as exc:
+                self.undecodable += 1
+                await self._dead_letter(sub, delivery, exc, delivery.attempt, "undecodable")
+                return
+        else:
+            value = _message(
+                delivery.topic, delivery.body, delivery.key, delivery.headers, delivery.message_id, delivery.attempt
+            )
+        try:
+            await sub.handler(value)
+        except Exception as exc:
+            await self._failed(sub, delivery, value, exc)
+        else:
+            self.handled += 1
+            self._settle(delivery, _ACK)
 
     async def _failed(self, sub: Subscription, delivery: Delivery, value: Envelope | Message, exc: Exception) -> None:
         """The handler raised: retry per the policy (in place, or nak to redeliver), then dead-letter."""

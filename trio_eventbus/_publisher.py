@@ -166,28 +166,41 @@ class PublishPipeline:
     async def _complete(self, seqs: Sequence[int], error: BaseException | None) -> None:
         """Account for the outcome of ``seqs``; awaits only to hand a result to a full results channel."""
         pending = self._pending
+        confirms = self._confirms
+        if error is None:
+            self.published += len(seqs)
+        else:
+            self.failed += len(seqs)
         for seq in seqs:
             message = pending.pop(seq, None)
             if message is None:
                 logger.error("backend reported a second outcome for message %d; ignored", seq)
+                if error is None:
+                    self.published -= 1
+                else:
+                    self.failed -= 1
                 continue
-            if error is None:
-                self.published += 1
-            else:
-                self.failed += 1
-            if self._confirms:
-                waiter = self._confirms.pop(seq, None)
+            if confirms:
+                waiter = confirms.pop(seq, None)
                 if waiter is not None:
                     waiter.error = error
                     waiter.done.set()
             if message.envelope is not None and (self._results is not None or self._options.on_publish_result):
                 await self._deliver_result(message, error)
-            self._release()
-            self._advance(seq)
+            # free the window slot (parked publishers wake together once _resume_at slots are free)
+            self._free += 1
+            if self._free >= self._resume_at and self._space:
+                self._release()
+            # the flush frontier: the highest seq up to which every message has its outcome
+            if seq == self._frontier + 1 and not self._done_ahead:
+                self._frontier = seq
+                if self._flush_waiters:
+                    self._wake_flushers()
+            else:
+                self._advance(seq)
 
     def _release(self) -> None:
-        """Free one window slot; parked publishers wake together once ``_resume_at`` slots are free."""
-        self._free += 1
+        """Wake parked publishers, each holding one of the free window slots."""
         space = self._space
         if space and self._free >= self._resume_at:
             count = min(len(space), self._free)
@@ -239,13 +252,17 @@ class PublishPipeline:
             ahead.remove(frontier)
         self._frontier = frontier
         if self._flush_waiters:
-            still = []
-            for target, event in self._flush_waiters:
-                if target <= frontier:
-                    event.set()
-                else:
-                    still.append((target, event))
-            self._flush_waiters = still
+            self._wake_flushers()
+
+    def _wake_flushers(self) -> None:
+        frontier = self._frontier
+        still = []
+        for target, event in self._flush_waiters:
+            if target <= frontier:
+                event.set()
+            else:
+                still.append((target, event))
+        self._flush_waiters = still
 
     async def flush(self) -> None:
         """Wait until every message submitted before this call has its outcome."""

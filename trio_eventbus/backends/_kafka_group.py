@@ -11,7 +11,7 @@ Two halves, joined by one :class:`~trio_eventbus.backends._aio.BatchPipe` (async
   Trio wake-up per batch, never per record).
 * :class:`GroupConsumer` in Trio: a reader task drains the pipe into per-partition queues (it never blocks
   on the bus, so rebalance events are seen at once), a feeder task hands queued records to the
-  subscription's sink in chunks of up to 512 (awaiting while the bus's lanes are full), a committer task
+  subscription's sink in chunks of up to 1024 (awaiting while the bus's lanes are full), a committer task
   commits handled offsets in batches (one crossing per batch).
 
 Ordering
@@ -73,7 +73,7 @@ __all__ = ["GroupConsumer"]
 logger = logging.getLogger("trio_eventbus.kafka")
 
 _PIPE_ITEMS = 4  # fetch batches buffered between the loops (plus rebalance events)
-_FEED_CHUNK = 512  # records per sink.deliver call (one lane wake-up per lane and chunk)
+_FEED_CHUNK = 1024  # records per sink.deliver call (one lane wake-up per lane and chunk)
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _FINAL_COMMIT_TIMEOUT = 5.0
 
@@ -150,10 +150,11 @@ class _Partition:
             self.attempts[offset] = self.attempts.get(offset, 1)
             if not self.halted:
                 group.rewind(self, delay)
-        if self.paused and not self.halted and self.unsettled <= group.resume_at:
+        halted = self.revoked or self.rewinding
+        if self.paused and not halted and self.unsettled <= group.resume_at:
             self.paused = False
             group.request_flow(self, pause=False)
-        if self.halted and self.inflight <= 0:
+        if halted and self.inflight <= 0:
             self.drained.set()
 
     def halt(self) -> int:
@@ -489,25 +490,40 @@ class GroupConsumer:
         logger.info("group %r: %s rewound to offset %d", self.name, item.tp, item.position)
 
     async def _feeder(self) -> None:
+        """Hand queued records to the sinks: up to ``_FEED_CHUNK`` per call, taken round-robin from the ready
+        partitions of one sink (in offset order per partition), so each lane wakes once for a run of records."""
         ready = self._ready
         while True:
             while not ready:
                 await self._ready_lot.park()
-            part = ready.popleft()
-            part.in_ready = False
-            queue = part.queue
-            if part.halted or not queue:
+            sink: DeliverySink | None = None
+            deliveries: list[Delivery] = []
+            budget = _FEED_CHUNK
+            for _ in range(len(ready)):
+                part = ready[0]
+                if sink is not None and part.sink is not sink:
+                    break  # another subscription's partition: its own call
+                ready.popleft()
+                part.in_ready = False
+                queue = part.queue
+                if part.halted or not queue:
+                    continue
+                n = min(len(queue), budget)
+                popleft = queue.popleft
+                records = [popleft() for _ in range(n)]
+                if queue:
+                    part.in_ready = True
+                    ready.append(part)
+                deliveries += _decode(records, part)
+                part.inflight += n
+                sink = part.sink
+                budget -= n
+                if budget <= 0:
+                    break
+            if sink is None:
                 continue
-            n = min(len(queue), _FEED_CHUNK)
-            popleft = queue.popleft
-            records = [popleft() for _ in range(n)]
-            if queue:
-                part.in_ready = True
-                ready.append(part)
-            deliveries = _decode(records, part)
-            part.inflight += n
             try:
-                await part.sink.deliver(deliveries)
+                await sink.deliver(deliveries)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # the bus's lanes are gone (hard stop): stop feeding; nothing undelivered is committed
                 logger.debug("group %r: the bus stopped taking deliveries", self.name)
@@ -569,9 +585,10 @@ class GroupConsumer:
 
     def mark_dirty(self, part: _Partition) -> None:
         self._dirty.add(part)
-        self._commit_wanted.set()
         self._advanced += 1
-        if self._advanced >= self._commit_batch:
+        if self._advanced == 1:  # the first advance since the last commit: commit within commit_interval
+            self._commit_wanted.set()
+        if self._advanced == self._commit_batch:  # enough for a commit now
             self._commit_urgent.set()
 
     def request_flow(self, part: _Partition, *, pause: bool, force: bool = False) -> None:
