@@ -53,6 +53,7 @@ class PublishPipeline:
         window = options.max_pending_publishes
         self._free = window
         self._resume_at = max(1, min(window // 4, options.publish_batch))
+        self._batch = options.publish_batch
         self._space = trio.lowlevel.ParkingLot()
         # submitted, not yet handed to the backend; at most ``window`` long (each entry holds a window slot)
         self._queue: collections.deque[OutgoingMessage] = collections.deque()
@@ -92,17 +93,22 @@ class PublishPipeline:
         key: str | None,
         message_id: str | None,
         envelope: Envelope | None,
-    ) -> bool:
-        """:meth:`submit` without ``confirm`` when a window slot is free at once; False (nothing queued) if not."""
+    ) -> bool | None:
+        """:meth:`submit` without ``confirm`` when a window slot is free at once; None (nothing queued) if not.
+
+        Otherwise True when a whole ``publish_batch`` now waits for the publisher task: the caller should yield
+        (a checkpoint), so that batches leave while a hot publish loop runs instead of after the window filled.
+        """
         if self._free <= 0 or self._space:
-            return False
+            return None
         self._free -= 1
         self._seq = seq = self._seq + 1
         message = self._pending[seq] = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
-        self._queue.append(message)
+        queue = self._queue
+        queue.append(message)
         if self._queue_waiter:
             self._queue_waiter.unpark()
-        return True
+        return len(queue) >= self._batch
 
     async def submit(
         self,

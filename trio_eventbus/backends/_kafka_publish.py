@@ -166,15 +166,19 @@ class AioPublisher:
         try:
             for msg in batch:
                 topic = msg.topic
-                try:
-                    state, available = await self._partitions(topic, fresh)
-                except Exception as exc:
-                    acks.fail(msg.seq, exc)
-                    done += 1
-                    continue
-                headers = [(k, v.encode("utf-8", "surrogateescape")) for k, v in msg.headers.items()]
+                known = fresh.get(topic)  # no coroutine per message: metadata is awaited once per topic and submit
+                if known is None:
+                    try:
+                        known = await self._partitions(topic, fresh)
+                    except Exception as exc:
+                        acks.fail(msg.seq, exc)
+                        done += 1
+                        continue
+                state, available = known
+                given = msg.headers
+                headers = [(k, v.encode("utf-8", "surrogateescape")) for k, v in given.items()] if given else []
                 mid = msg.message_id
-                if mid is not None and msg.headers.get(H_EVENT_ID) != mid:
+                if mid is not None and given.get(H_EVENT_ID) != mid:
                     headers.append((H_MESSAGE_ID, mid.encode("utf-8", "surrogateescape")))
                 key = None if msg.key is None else msg.key.encode("utf-8", "surrogateescape")
                 body = msg.body
