@@ -174,10 +174,8 @@ class EventBus:
         frozen = _EMPTY_HEADERS if headers is None else freeze_headers(headers)
         if topic not in self._topics.ready:
             await self._topics.ensure(topic)
-        if confirm or (queued := self._publisher.submit_nowait(topic, body, frozen, key, message_id, None)) is None:
+        if confirm or not self._publisher.submit_nowait(topic, body, frozen, key, message_id, None):
             await self._publisher.submit(topic, body, frozen, key, message_id, None, confirm=confirm)
-        elif queued:
-            await trio.lowlevel.checkpoint()  # a full batch waits: let the publisher task hand it over
 
     async def publish_envelope(self, topic: str, envelope: Envelope, *, confirm: bool = False) -> None:
         """Publish an envelope, keyed by its ``aggregate_id``, with ``event_id`` as the broker dedupe id.

@@ -53,7 +53,6 @@ class PublishPipeline:
         window = options.max_pending_publishes
         self._free = window
         self._resume_at = max(1, min(window // 4, options.publish_batch))
-        self._batch = options.publish_batch
         self._space = trio.lowlevel.ParkingLot()
         # submitted, not yet handed to the backend; at most ``window`` long (each entry holds a window slot)
         self._queue: collections.deque[OutgoingMessage] = collections.deque()
@@ -93,22 +92,17 @@ class PublishPipeline:
         key: str | None,
         message_id: str | None,
         envelope: Envelope | None,
-    ) -> bool | None:
-        """:meth:`submit` without ``confirm`` when a window slot is free at once; None (nothing queued) if not.
-
-        Otherwise True when a whole ``publish_batch`` now waits for the publisher task: the caller should yield
-        (a checkpoint), so that batches leave while a hot publish loop runs instead of after the window filled.
-        """
+    ) -> bool:
+        """:meth:`submit` without ``confirm`` when a window slot is free at once; False (nothing queued) if not."""
         if self._free <= 0 or self._space:
-            return None
+            return False
         self._free -= 1
         self._seq = seq = self._seq + 1
         message = self._pending[seq] = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
-        queue = self._queue
-        queue.append(message)
+        self._queue.append(message)
         if self._queue_waiter:
             self._queue_waiter.unpark()
-        return len(queue) >= self._batch
+        return True
 
     async def submit(
         self,
