@@ -97,12 +97,25 @@ class PublishPipeline:
         if self._free <= 0 or self._space:
             return False
         self._free -= 1
+        self._enqueue(topic, body, headers, key, message_id, envelope)
+        return True
+
+    def _enqueue(
+        self,
+        topic: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        key: str | None,
+        message_id: str | None,
+        envelope: Envelope | None,
+    ) -> int:
+        """Queue a message for the publisher task, on a window slot already taken; its sequence number."""
         self._seq = seq = self._seq + 1
-        message = self._pending[seq] = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
+        self._pending[seq] = message = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
         self._queue.append(message)
         if self._queue_waiter:
             self._queue_waiter.unpark()
-        return True
+        return seq
 
     async def submit(
         self,
@@ -124,12 +137,7 @@ class PublishPipeline:
             self._free -= 1
         else:
             await self._space.park()  # woken holding a slot (see _release)
-        self._seq += 1
-        seq = self._seq
-        message = self._pending[seq] = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
-        self._queue.append(message)
-        if self._queue_waiter:
-            self._queue_waiter.unpark()
+        seq = self._enqueue(topic, body, headers, key, message_id, envelope)
         if confirm:
             waiter = self._confirms[seq] = _Confirm()
             await waiter.done.wait()
