@@ -216,21 +216,20 @@ class AioGroup:
     async def commit(self, gen: int, offsets: dict[TopicPartition, int]) -> bool:
         if gen != self.gen or self.closing:
             return False
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            logger.debug("commit skipped, the group is rebalancing: %r", exc)
-            return False
-        return True
+        return await self._commit(offsets, logging.DEBUG, "commit skipped, the group is rebalancing")
 
     async def final_commit(self, offsets: dict[TopicPartition, int]) -> bool:
         self.closing = True
         if not offsets:
             return True
+        return await self._commit(offsets, logging.WARNING, "final commit failed (handled ones are redelivered)")
+
+    async def _commit(self, offsets: dict[TopicPartition, int], level: int, failure: str) -> bool:
+        """Commit ``offsets``; False (logged at ``level``) when the group refuses it (rebalancing or left)."""
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
-            logger.warning("final commit failed (handled messages will be redelivered): %r", exc)
+            logger.log(level, "%s: %r", failure, exc)
             return False
         return True
 
