@@ -31,8 +31,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check + ruff format --check."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "trio_eventbus", "tests", "examples", "noxfile.py", "tools")
-    session.run("ruff", "format", "--check", "trio_eventbus", "tests", "examples", "noxfile.py", "tools")
+    session.run("ruff", "check", "trio_eventbus", "bench", "tests", "examples", "noxfile.py", "tools")
+    session.run("ruff", "format", "--check", "trio_eventbus", "bench", "tests", "examples", "noxfile.py", "tools")
 
 
 @nox.session(python=PYTHON)
@@ -54,4 +54,4 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: ``nox -s bench -- --backend memory --json``."""
     session.install("-e", ALL_EXTRAS)
     session.run("python", "tools/provision.py")
-    session.run("python", "-m", "trio_eventbus", "bench", *session.posargs)
+    session.run("python", "-m", "bench", *session.posargs)

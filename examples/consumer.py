@@ -14,7 +14,7 @@ import logging
 import trio
 
 import trio_eventbus as teb
-from trio_eventbus._cli import make_config
+from trio_eventbus.cli.main import make_config
 
 
 async def main(config: teb.BackendConfig, expect: int, seed: bool) -> None:

@@ -12,7 +12,7 @@ import argparse
 import trio
 
 import trio_eventbus as teb
-from trio_eventbus._cli import make_config
+from trio_eventbus.cli.main import make_config
 
 
 async def main(config: teb.BackendConfig, orders: int) -> None:

@@ -1,4 +1,4 @@
-"""The asyncio bridge (trio_eventbus.backends._aio), for both strategies: a loop thread and trio-asyncio.
+"""The asyncio bridge (trio_eventbus.backends._bridge), for both strategies: a loop thread and trio-asyncio.
 
 Synchronisation between the two sides is always explicit: the asyncio side signals Trio through the Trio
 token, and a `bridge.run(noop)` round trip proves that everything posted earlier to the (FIFO) loop has run.
@@ -19,7 +19,7 @@ import trio.testing
 import trio_asyncio
 import uvloop
 
-from trio_eventbus.backends._aio import BatchPipe, Bridge, BridgeError, open_bridge, run_batch
+from trio_eventbus.backends._bridge.bridge import BatchPipe, Bridge, BridgeError, open_bridge, run_batch
 
 # "thread" uses uvloop (installed here); "thread-asyncio" is the fallback loop when uvloop is missing.
 Kind = Literal["thread", "thread-asyncio", "trio-asyncio"]

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 import trio_eventbus as teb
-from trio_eventbus._bench import bench_memory
-from trio_eventbus._demo import run_demo
+from bench.memory import bench_memory
+from trio_eventbus.cli.demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ async def test_bench_harness_reports_figures() -> None:
 
 
 def test_bench_json_is_one_line() -> None:
-    proc = run("-m", "trio_eventbus", "bench", "--json", "--messages", "1000", "--rounds", "1")
+    proc = run("-m", "bench", "--json", "--messages", "1000", "--rounds", "1")
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stdout.splitlines()
     figures = json.loads(line)

@@ -26,7 +26,7 @@ def _memory_case() -> BackendCase:
 
 
 def _nats_case(url: str, bridge: str) -> BackendCase:
-    from trio_eventbus.backends.nats_config import NatsConfig
+    from trio_eventbus.backends.nats.config import NatsConfig
 
     config = NatsConfig(servers=url, bridge=bridge)  # type: ignore[arg-type]
     return BackendCase(f"nats-{bridge}", lambda: config, config.create_backend().features, timeout=60)
@@ -36,7 +36,7 @@ _NATS_BRIDGES = ("thread", "trio-asyncio")
 
 
 def _kafka_case(bootstrap: str, bridge: str) -> BackendCase:
-    from trio_eventbus.backends.kafka_config import KafkaConfig
+    from trio_eventbus.backends.kafka.config import KafkaConfig
 
     # the broker's minimum session timeout: a bus that dies unannounced is out of its group within 6 s
     config = KafkaConfig(

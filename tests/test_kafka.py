@@ -20,7 +20,7 @@ import pytest
 import trio
 
 import trio_eventbus as teb
-from trio_eventbus.backends.kafka_config import KafkaConfig
+from trio_eventbus.backends.kafka.config import KafkaConfig
 from trio_eventbus.testing.fixtures import KAFKA_SASL_PASSWORD, KAFKA_SASL_USER
 from trio_eventbus.testing.servers import KafkaServer, free_port
 

@@ -23,7 +23,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 import trio_eventbus as teb
-from trio_eventbus.backends.nats_config import NatsConfig
+from trio_eventbus.backends.nats.config import NatsConfig
 from trio_eventbus.testing import all_tasks
 from trio_eventbus.testing.conformance import envelope, seq_of
 from trio_eventbus.testing.fixtures import NATS_AUTH_PASSWORD, NATS_AUTH_USER

@@ -10,8 +10,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_eventbus._ordering import KeyedLanes, fnv1a_32
-from trio_eventbus._workers import WorkerPool
+from trio_eventbus._dispatch.lanes import KeyedLanes, fnv1a_32
+from trio_eventbus._dispatch.workers import WorkerPool
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,9 @@ from ._exceptions import (
     PublishError,
 )
 from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
-from .backends.kafka_config import KafkaConfig
+from .backends.kafka.config import KafkaConfig
 from .backends.memory import MemoryBroker, MemoryConfig
-from .backends.nats_config import NatsConfig
+from .backends.nats.config import NatsConfig
 
 __version__ = "0.1.0"
 

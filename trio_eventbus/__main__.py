@@ -1,5 +1,5 @@
-"""``python -m trio_eventbus``: see :mod:`trio_eventbus._cli`."""
+"""``python -m trio_eventbus``: see :mod:`trio_eventbus.cli`."""
 
-from ._cli import main
+from .cli.main import main
 
 raise SystemExit(main())

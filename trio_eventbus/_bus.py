@@ -36,7 +36,7 @@ import trio
 
 from ._abc import Backend
 from ._codec import encode_envelope
-from ._dispatch import Dispatcher, Handler, Subscription
+from ._dispatch.dispatcher import Dispatcher, Handler, Subscription
 from ._envelope import _EMPTY_HEADERS, Envelope, Message, freeze_headers
 from ._exceptions import (
     AlreadySubscribedError,
@@ -45,8 +45,8 @@ from ._exceptions import (
     MessageTooLargeError,
 )
 from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_group, validate_topic
-from ._publisher import PublishPipeline
-from ._results import ResultChannel
+from ._publish.pipeline import PublishPipeline
+from ._publish.results import ResultChannel
 from ._topics import TopicRegistry
 
 __all__ = ["BackendConfig", "EventBus", "open_bus"]
@@ -67,7 +67,7 @@ class EventBus:
     """A running bus; obtain one from :func:`open_bus`.
 
     Every method may be called from any task of the Trio run that opened the bus. See the module docstring for
-    the lifecycle and :mod:`trio_eventbus._publisher` / :mod:`trio_eventbus._dispatch` for delivery details.
+    the lifecycle and :mod:`trio_eventbus._publish` / :mod:`trio_eventbus._dispatch` for delivery details.
     """
 
     def __init__(self, backend: Backend, options: BusOptions) -> None:

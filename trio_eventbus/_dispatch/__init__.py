@@ -1,0 +1,1 @@
+"""Dispatch: the bounded queue, keyed lanes, the worker pool, one router, and the handler pipeline."""

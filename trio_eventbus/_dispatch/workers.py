@@ -1,0 +1,145 @@
+"""Consumer tasks over bounded queues (:class:`~.queue.BoundedQueue`), and the WorkerPool for keyless messages.
+
+:class:`ChannelTasks` runs consumer tasks over queues; each task takes items in FIFO order and awaits
+``process(item)`` for one item at a time. A task takes queued items without yielding to the scheduler in
+between (it parks only on an empty queue), so a busy lane costs no extra scheduler passes; the queue bound
+limits how long that can run without a checkpoint. :class:`WorkerPool` is ``workers`` tasks sharing one queue:
+keyless messages run concurrently with no order between them.
+
+Closing: :meth:`ChannelTasks.close_inputs` lets every task finish what its queue holds and exit (a ``put``
+afterwards raises ``trio.ClosedResourceError``); :meth:`ChannelTasks.wait_finished` waits for that.
+Cancellation (from outside, or :meth:`ChannelTasks.cancel`): a task cancelled mid-item hands the item it held
+and every item still queued to ``abandon`` (the bus naks them so the broker redelivers them) before it exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from .._queue import BoundedQueue
+
+__all__ = ["ChannelTasks", "WorkerPool"]
+
+T = TypeVar("T")
+_NOTHING: Any = object()  # BoundedQueue.poll's "empty" marker
+
+
+class ChannelTasks(Generic[T]):
+    """Consumer tasks over queues: one task per entry of ``queues`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        queues: Sequence[BoundedQueue[T]],
+        process: Callable[[T], Awaitable[None]],
+        abandon: Callable[[T], None],
+        name: str,
+    ) -> None:
+        self._queues = list(queues)
+        self._process = process
+        self._abandon = abandon
+        self._name = name
+        self.busy = 0
+        self.alive = 0
+        self._finished = trio.Event()
+        self._scopes: list[trio.CancelScope] = []
+        self._cancelled = False
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start every consumer task in ``nursery``; returns when all run."""
+        for index, queue in enumerate(self._queues):
+            await nursery.start(self._run, queue, name=f"{self._name}-{index}")
+
+    async def _run(
+        self,
+        queue: BoundedQueue[T],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.alive += 1
+        task_status.started()
+        item: T | None = None
+        held = cancelled = False
+        scope = trio.CancelScope()
+        self._scopes.append(scope)
+        if self._cancelled:
+            scope.cancel()
+        try:
+            with scope:
+                process = self._process
+                while True:
+                    # take queued items without a scheduler round trip; park only when the queue is empty
+                    item = queue.poll(_NOTHING)
+                    if item is _NOTHING:
+                        if await queue.wait_readable():
+                            continue
+                        break
+                    held = True
+                    self.busy += 1
+                    try:
+                        await process(item)
+                    finally:
+                        self.busy -= 1
+                    held = False
+            cancelled = scope.cancelled_caught  # by cancel()
+        except trio.Cancelled:  # from outside (hard stop)
+            cancelled = True
+            raise
+        finally:
+            if cancelled:  # hand back the item we held and everything queued behind it
+                if held:
+                    self._abandon(item)  # type: ignore[arg-type]
+                self._drain(queue)
+            self.alive -= 1
+            if self.alive == 0:
+                self._finished.set()
+
+    def _drain(self, queue: BoundedQueue[T]) -> None:
+        while True:
+            try:
+                self._abandon(queue.get_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+
+    def depths(self) -> list[int]:
+        """Items queued per distinct queue (not counting the ones being processed)."""
+        return [len(q) for q in dict.fromkeys(self._queues)]
+
+    def close_inputs(self) -> None:
+        """No more items: tasks finish what is queued, then exit. Idempotent, does not await."""
+        for queue in self._queues:
+            queue.close()
+
+    def cancel(self) -> None:
+        """Cancel every task: each hands back (``abandon``) the item it held and everything queued."""
+        self._cancelled = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    async def wait_finished(self) -> None:
+        """Wait until every consumer task has exited."""
+        if self.alive:
+            await self._finished.wait()
+
+
+class WorkerPool(ChannelTasks[T]):
+    """``workers`` tasks over one bounded queue of ``buffer`` items; no order between items."""
+
+    def __init__(
+        self,
+        workers: int,
+        buffer: int,
+        process: Callable[[T], Awaitable[None]],
+        abandon: Callable[[T], None],
+    ) -> None:
+        self.queue: BoundedQueue[T] = BoundedQueue(buffer)
+        super().__init__([self.queue] * workers, process, abandon, "teb-worker")
+
+    async def send(self, item: T) -> None:
+        """Queue ``item``; waits while the queue is full. Raises ``trio.ClosedResourceError`` after close."""
+        try:
+            self.queue.put_nowait(item)
+        except trio.WouldBlock:
+            await self.queue.put(item)

@@ -1,0 +1,594 @@
+"""The NATS JetStream backend: nats-py on an asyncio loop behind the batched bridge (:mod:`.._bridge`).
+
+One connection per bus (the NATS maintainers' recommendation): publishing, every subscription and all acks
+share it. Every call into nats-py goes through the bridge, one crossing per *batch*: a publish batch, a
+fetched batch (the pipe wakes Trio once per loop pass), an ack batch.
+
+Names
+    ======================  =======================================================================
+    subject                 the topic itself (``orders.created``): topics are literal NATS subjects
+    stream (persistent)     ``NatsConfig.stream_prefix`` + topic with ``.`` → ``_``
+                            (``TEB_orders_created``), capturing exactly the one subject ``topic``
+    dead letters            topic ``orders.created.dlq`` → subject ``orders.created.dlq`` →
+                            its own stream ``TEB_orders_created_dlq``
+    durable consumer        the group name, inside the topic's stream
+    ephemeral topics        core NATS subject ``topic``, queue group = group name, no stream
+    ======================  =======================================================================
+
+    Streams capture one literal subject each, so two streams of the bus never overlap. Two topics that
+    differ only by ``.`` versus ``_`` (``a.b`` and ``a_b``) would share a stream name: the second one is
+    refused with :class:`InvalidTopicError`, as is a topic whose subject another stream (not made by the
+    bus) already captures, or whose stream name would be too long.
+
+Topics
+    ``TopicOptions`` become the stream config: limits retention (``max_age``, ``max_bytes``,
+    ``max_messages``, discard old; unset limits fall back to ``NatsConfig.stream_max_*``), ``replicas``,
+    ``duplicate_window`` (JetStream cannot turn dedupe off: ``0`` becomes 1 ms). An existing stream is
+    updated when those differ. ``partitions`` has no NATS meaning and is ignored.
+
+Publishing (:mod:`.publish`)
+    JetStream async publish (reply inbox per bus, at most ``max_pending_publishes`` PubAcks awaited), one
+    ack handler; ``Nats-Msg-Id`` = the message id (``event_id`` for envelopes): JetStream acks a duplicate
+    inside the window without storing it. A raw message's key travels in ``X-Message-Key`` (envelopes:
+    ``X-Aggregate-ID``).
+
+Consuming (:mod:`.consume`)
+    A durable pull consumer per (topic, group) (explicit acks, ``ack_wait``, ``max_ack_pending``,
+    ``max_deliver``), one fetcher per subscription; ``Delivery.attempt`` = JetStream's delivery count;
+    ``NAK`` carries the retry delay; acks travel in batches.
+
+Reconnects
+    nats-py reconnects by itself (``max_reconnect_attempts=-1`` = forever). After a reconnect every pull
+    consumer is checked and re-created if it is gone, and fetching resumes. A publish whose PubAck does not
+    arrive within ``publish_timeout`` (lost in the restart) is reported as failed: its id makes a retry
+    safe. If the client gives up reconnecting, the bus fails with :class:`BackendUnavailable`.
+    ``statistics()`` shows the connection state, reconnects and pending publishes.
+
+Cancellation and close
+    ``send`` never waits for the loop (it queues, one crossing per loop pass), so a cancelled publisher
+    cannot leave a batch half handed over; ``ensure_topic`` and ``subscribe`` are one awaited crossing each
+    (a cancel cancels the asyncio side and waits for it, :meth:`Bridge.run`). ``close`` (after
+    ``stop_consuming``): naks every delivery the bus never settled, sends all queued acks, waits for every
+    outstanding PubAck (at most ``min(publish_timeout, 5 s)``; what is still missing then is reported as
+    failed), delivers every outcome to the bus, and only then closes the connection and the bridge (its
+    thread is joined): no task and no thread remain. On an outer cancellation (the bus's hard stop) the
+    connection task keeps the bridge up to 5 s for that close. An asyncio-side failure (a bug, or the client
+    giving up) fails the bus through the bridge. nats-py traps avoided here: publishing and fetching speak
+    the JetStream protocol directly (:mod:`.publish`, :class:`~.consume.Puller`), so neither
+    ``publish_async`` (whose cancel surfaces as ``TooManyStalledMsgsError``) nor ``fetch()`` (whose empty
+    batch is a bare ``asyncio.TimeoutError``) is used; a cancel swallowed by ``asyncio.wait_for`` inside
+    nats-py's API requests is bounded by the bridge's ``cancel_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+from nats.aio.client import Client
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError
+
+from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
+from ..._exceptions import BackendUnavailable, BusClosedError, EventBusError, InvalidOptionError, InvalidTopicError
+from ..._options import TopicOptions
+from .._bridge.bridge import Bridge, BridgeError, open_bridge
+from .config import NatsConfig, _mask_url
+from .consume import CoreListener, Puller, Settler, Subscription
+from .publish import Publisher, WireItem
+from .wire import api_error_code, durable_name, stream_name, translate, wire_message
+
+__all__ = ["NatsBackend"]
+
+logger = logging.getLogger("trio_eventbus.nats")
+
+_FEATURES = BackendFeatures(
+    persistent=True,
+    consumer_groups=True,
+    ordered_per_key=True,
+    redelivers=True,
+    dedupes=True,
+    ephemeral_topics=True,
+)
+_JANITOR_TICK = 0.1
+_CLOSE_PUBACK_WAIT = 5.0
+_HARD_STOP_GRACE = 5.0  # how long a cancelled bus keeps the connection for its close()
+_ERR_OVERLAP = 10065  # subjects overlap with an existing stream
+_ERR_NAME_IN_USE = 10058  # stream name already in use with a different configuration
+_ERR_REPLICAS = 10074  # replicas > 1 not supported in non-clustered mode
+
+
+class _Topic:
+    __slots__ = ("config", "name", "persistent", "stream")
+
+    def __init__(self, name: str, persistent: bool, stream: str | None, config: api.StreamConfig | None) -> None:
+        self.name, self.persistent, self.stream, self.config = name, persistent, stream, config
+
+
+class NatsBackend:
+    """One bus's connection to NATS JetStream (see the module docstring). Create with ``NatsConfig``."""
+
+    features = _FEATURES
+
+    def __init__(self, config: NatsConfig) -> None:
+        self._config = config
+        self._compress_min = config.compression_min_bytes if config.compression == "lz4" else None
+        self._bridge: Bridge | None = None
+        self._nc: Any = None  # nats.aio.client.Client, used on the loop only
+        self._js: Any = None
+        self._publisher: Publisher | None = None
+        self._settler = Settler()
+        self._outcomes: trio.MemorySendChannel[Sequence[Outcome]] | None = None
+        self._tasks: trio.Nursery | None = None
+        self._topics: dict[str, _Topic] = {}
+        self._subs: list[Subscription] = []
+        self._pullers: set[Puller] = set()  # loop thread only
+        self._closing = False
+        self._consuming_stopped = False
+        self._stop_run = trio.Event()
+        self._run_done = trio.Event()
+        self._forward_done = trio.Event()
+        self._lost: BackendUnavailable | None = None
+        # connection figures, written by nats-py callbacks on the loop thread
+        self._state = "connecting"
+        self._reconnects = 0
+        self._disconnects = 0
+        self._errors = 0
+
+    def __repr__(self) -> str:
+        servers = ",".join(_mask_url(u) for u in self._config.servers)
+        return f"<NatsBackend {servers} {self._state} subscriptions={len(self._subs)} topics={len(self._topics)}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> None:
+        """Connect (``BackendUnavailable`` on failure) and start the backend's tasks in ``nursery``."""
+        self._outcomes = outcomes
+        await nursery.start(self._run, name="teb-nats-connection")
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self._config
+        try:
+            async with open_bridge(cfg.bridge, use_uvloop=cfg.use_uvloop) as bridge:
+                self._bridge = bridge
+                try:
+                    await bridge.run(self._aio_connect)
+                except Exception as exc:
+                    raise self._connect_error(exc) from exc
+                try:
+                    await self._serve(bridge, task_status)
+                finally:  # normally close() did this already; after a failure or a cut-short close: now
+                    shield, deadline = trio.CancelScope(shield=True), trio.move_on_after(_HARD_STOP_GRACE)
+                    with shield, deadline, contextlib.suppress(Exception):
+                        await bridge.run(self._aio_close)
+        finally:
+            self._state = "closed"
+            self._run_done.set()
+
+    async def _serve(self, bridge: Bridge, task_status: trio.TaskStatus[None]) -> None:
+        cfg = self._config
+        self._publisher = Publisher(bridge, self._nc, cfg.publish_timeout, cfg.max_pending_publishes)
+        await bridge.run(self._publisher.start)
+        self._settler.attach(bridge, self._nc)
+        async with trio.open_nursery() as tasks:
+            self._tasks = tasks
+            await tasks.start(self._forward, name="teb-nats-ack-handler")
+            bridge.spawn(self._aio_janitor, name="teb-nats-janitor")
+            task_status.started()
+            try:
+                await self._stop_run.wait()
+            except trio.Cancelled:
+                # An outer cancellation (the bus's hard stop) reaches this task too; the bus calls close()
+                # next, which needs the bridge: keep it for that, within a bounded grace (not when the
+                # cancel is the bridge's own failure: then there is nothing left to keep).
+                if not bridge.statistics().errors:
+                    with trio.CancelScope(shield=True), trio.move_on_after(_HARD_STOP_GRACE):
+                        await self._stop_run.wait()
+                raise
+            tasks.cancel_scope.cancel()
+
+    def _connect_error(self, exc: BaseException) -> BackendUnavailable:
+        servers = ", ".join(_mask_url(u) for u in self._config.servers)
+        text = str(getattr(exc, "description", None) or exc) or type(exc).__name__
+        if "authorization" in text.lower() or "authentication" in text.lower():
+            return BackendUnavailable(f"NATS at {servers} refused the credentials: {text}")
+        if type(exc).__name__ in ("NoRespondersError", "ServiceUnavailableError", "NoStreamResponseError"):
+            return BackendUnavailable(f"NATS at {servers} has no JetStream (start nats-server with -js): {text}")
+        return BackendUnavailable(f"cannot connect to NATS at {servers}: {type(exc).__name__}: {text}")
+
+    async def _forward(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert self._publisher is not None
+        assert self._outcomes is not None
+        try:
+            await self._publisher.forward(self._outcomes, task_status=task_status)
+        finally:
+            self._forward_done.set()
+
+    async def stop_consuming(self) -> None:
+        """Stop every fetcher; un-routed deliveries are nak'ed. The sinks are not called after this."""
+        if self._consuming_stopped:
+            return
+        self._consuming_stopped = True
+        subs = list(self._subs)
+        for sub in subs:
+            sub.scope.cancel()
+        for sub in subs:
+            await sub.stopped.wait()
+        if self._bridge is None or not subs:
+            return
+        try:
+            await self._bridge.run(self._aio_stop_sources, [s.source for s in subs if s.source is not None])
+        except Exception as exc:
+            logger.warning("stopping the NATS subscriptions failed: %r", exc)
+            return
+        for sub in subs:
+            self._settler.nak_all(await sub.drain())
+
+    async def close(self) -> None:
+        """Flush settlements and every publish outcome, then close the connection and the bridge."""
+        if self._closing:
+            await self._run_done.wait()
+            return
+        self._closing = True
+        try:
+            if self._bridge is None or self._publisher is None or self._run_done.is_set():
+                return  # never started, or the bridge already failed: nothing left to flush
+            await self.stop_consuming()
+            for sub in self._subs:
+                self._settler.nak_held(sub)
+            await self._settler.flush()
+            await self._bridge.run(self._aio_finish_publishing)
+            await self._forward_done.wait()  # every outcome is on the bus's channel now
+            await self._bridge.run(self._aio_close)
+        except BridgeError as exc:  # the asyncio side failed meanwhile; that failure ends _run
+            logger.warning("closing the NATS backend: %r", exc)
+        finally:
+            self._stop_run.set()
+            await self._run_done.wait()
+
+    # -- topics ----------------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing or self._bridge is None:
+            raise BusClosedError("the NATS backend is closed")
+
+    async def ensure_topic(self, topic: str, options: TopicOptions) -> None:
+        """Create or update the topic's stream (persistent), or just note the topic (ephemeral)."""
+        self._check_open()
+        assert self._bridge is not None
+        if not options.persistent:
+            self._topics[topic] = _Topic(topic, False, None, None)
+            await trio.lowlevel.checkpoint()
+            return
+        name = stream_name(self._config.stream_prefix, topic)
+        config = self._stream_config(topic, name, options)
+        try:
+            await self._bridge.run(self._aio_ensure_stream, config)
+        except EventBusError:
+            raise
+        except Exception as exc:
+            raise translate(exc, f"cannot create stream {name!r} for topic {topic!r}") from exc
+        self._topics[topic] = _Topic(topic, True, name, config)
+
+    def _stream_config(self, topic: str, name: str, o: TopicOptions) -> api.StreamConfig:
+        cfg = self._config
+        max_age = o.max_age if o.max_age is not None else cfg.stream_max_age
+        window = cfg.duplicate_window if cfg.duplicate_window is not None else o.duplicate_window
+        window = max(window, 0.001)
+        if max_age is not None:
+            window = min(window, max_age)
+        max_messages = o.max_messages if o.max_messages is not None else cfg.stream_max_messages
+        max_bytes = o.max_bytes if o.max_bytes is not None else cfg.stream_max_bytes
+        return api.StreamConfig(
+            name=name,
+            subjects=[topic],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE if cfg.stream_storage == "file" else api.StorageType.MEMORY,
+            discard=api.DiscardPolicy.OLD,
+            max_msgs=-1 if max_messages is None else max_messages,
+            max_bytes=-1 if max_bytes is None else max_bytes,
+            max_age=0 if max_age is None else max_age,
+            num_replicas=o.replicas,
+            duplicate_window=window,
+        )
+
+    async def _aio_ensure_stream(self, config: api.StreamConfig) -> None:
+        js, topic = self._js, (config.subjects or [""])[0]
+        try:
+            info = await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                return
+            except APIError as exc:
+                code = api_error_code(exc)
+                if code == _ERR_OVERLAP:
+                    raise InvalidTopicError(
+                        f"topic {topic!r}: another stream already captures subject {topic!r} ({exc.description})"
+                    ) from exc
+                if code == _ERR_REPLICAS:
+                    raise InvalidOptionError(f"topic {topic!r}: {exc.description}") from exc
+                if code != _ERR_NAME_IN_USE:
+                    raise
+                info = await js.stream_info(config.name)  # created concurrently by another bus
+        existing = info.config
+        if list(existing.subjects or ()) != [topic]:
+            raise InvalidTopicError(
+                f"topic {topic!r} maps to stream {config.name!r}, which already exists for subjects "
+                f"{existing.subjects} (topics differing only by '.' and '_' share a stream name)"
+            )
+        if _differs(existing, config):
+            update = api.StreamConfig.from_response(existing.as_dict())
+            for field in ("max_msgs", "max_bytes", "max_age", "num_replicas", "duplicate_window"):
+                setattr(update, field, getattr(config, field))
+            try:
+                await js.update_stream(update)
+            except APIError as exc:
+                raise InvalidOptionError(f"cannot update stream {config.name!r}: {exc.description}") from exc
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    async def send(self, batch: Sequence[OutgoingMessage]) -> None:
+        """Hand ``batch`` to nats-py in one crossing; outcomes follow (see :mod:`.publish`)."""
+        self._check_open()
+        topics, compress = self._topics, self._compress_min
+        items: list[WireItem] = []
+        for m in batch:
+            info = topics.get(m.topic)
+            body, headers = wire_message(m.topic, m.body, m.headers, m.key, m.message_id, compress)
+            items.append((m.seq, m.topic, body, headers, info is None or info.persistent))
+        assert self._publisher is not None
+        self._publisher.send(items)
+        await trio.lowlevel.checkpoint()
+
+    # -- consuming -------------------------------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, group: str, options: TopicOptions, sink: DeliverySink) -> None:
+        """Create (or reuse) the durable consumer / queue subscription and start the fetcher."""
+        self._check_open()
+        assert self._bridge is not None
+        assert self._tasks is not None
+        info = self._topics.get(topic)
+        if info is None:
+            await self.ensure_topic(topic, options)
+            info = self._topics[topic]
+        cfg = self._config
+        capacity = 1_000_000 if info.persistent else 10 * cfg.fetch_batch
+        sub = Subscription(topic, group, sink, self._bridge, capacity, persistent=info.persistent)
+        source: Puller | CoreListener
+        try:
+            if info.persistent:
+                assert info.stream is not None
+                assert info.config is not None
+                durable = durable_name(group)
+                recover = functools.partial(self._aio_ensure_consumer, info, self._consumer_config(topic, durable))
+                source = Puller(self._nc, sub, info.stream, durable, cfg.fetch_batch, cfg.fetch_max_wait, recover)
+                await self._bridge.run(self._aio_subscribe, recover, source)
+            else:
+                source = CoreListener(self._nc, sub, cfg.request_timeout)
+                await self._bridge.run(source.start)
+        except EventBusError:
+            raise
+        except Exception as exc:
+            raise translate(exc, f"cannot subscribe to {topic!r} in group {group!r}") from exc
+        sub.source = source
+        if self._consuming_stopped:  # the bus began closing while the consumer was being created
+            await self._bridge.run(self._aio_stop_sources, [source])
+            self._settler.nak_all(await sub.drain())
+            raise BusClosedError("the bus is closing")
+        self._subs.append(sub)
+        self._tasks.start_soon(sub.fetch, cfg.fetch_batch, name=f"teb-nats-fetch-{topic}-{group}")
+
+    def _consumer_config(self, topic: str, durable: str) -> api.ConsumerConfig:
+        cfg = self._config
+        return api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=cfg.ack_wait,
+            max_deliver=-1 if cfg.max_deliver is None else cfg.max_deliver,
+            max_ack_pending=cfg.max_ack_pending,
+            filter_subject=topic,
+        )
+
+    async def _aio_subscribe(self, recover: functools.partial[Any], source: Puller) -> None:
+        await recover()
+        await source.start()
+        self._pullers.add(source)
+
+    async def _aio_ensure_consumer(self, info: _Topic, config: api.ConsumerConfig) -> None:
+        js = self._js
+        assert info.stream is not None
+        assert info.config is not None
+        try:
+            await js.add_consumer(info.stream, config)
+        except NotFoundError:  # the stream is gone (memory storage after a restart, deleted by hand)
+            await self._aio_ensure_stream(info.config)
+            await js.add_consumer(info.stream, config)
+        except APIError as exc:
+            try:
+                await js.consumer_info(info.stream, config.durable_name)
+            except NotFoundError:
+                raise exc from None
+            logger.warning(
+                "consumer %r of stream %r exists with another config (%s); using it as it is",
+                config.durable_name,
+                info.stream,
+                exc.description,
+            )
+
+    def settle(self, delivery: Delivery, disposition: Disposition, delay: float = 0.0) -> None:
+        """Queue an ack / nak (after ``delay`` s) / term; they cross to the loop in batches. Never blocks."""
+        self._settler.settle(delivery, disposition, delay)
+
+    # -- asyncio side ----------------------------------------------------------------------------------------
+
+    async def _aio_connect(self) -> None:
+        cfg = self._config
+        options: dict[str, Any] = {
+            "servers": list(cfg.servers),
+            "name": cfg.name,
+            "connect_timeout": cfg.connect_timeout,
+            "reconnect_time_wait": cfg.reconnect_time_wait,
+            "ping_interval": cfg.ping_interval,
+            "pending_size": cfg.reconnect_buffer_bytes,
+            # the first connect fails fast (each server tried twice); reconnects are enabled afterwards
+            "allow_reconnect": False,
+            "max_reconnect_attempts": 1,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "closed_cb": self._on_closed,
+        }
+        if cfg.user is not None:
+            options["user"], options["password"] = cfg.user, cfg.password
+        if cfg.token is not None:
+            options["token"] = cfg.token
+        if cfg.creds_file is not None:
+            options["user_credentials"] = cfg.creds_file
+        if cfg.tls_ca_file or cfg.tls_cert_file:
+            context = ssl.create_default_context(cafile=cfg.tls_ca_file)
+            if cfg.tls_cert_file is not None:
+                context.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
+            options["tls"] = context
+        if cfg.tls_hostname is not None:
+            options["tls_hostname"] = cfg.tls_hostname
+        options.update(cfg.client_options)
+        nc = Client()
+        try:
+            await nc.connect(**options)
+            js = nc.jetstream(timeout=cfg.request_timeout)
+            await js.account_info()  # JetStream is enabled and answers
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await nc.close()  # nats-py leaks the socket of a failed connect otherwise
+            raise
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = cfg.max_reconnect_attempts
+        self._nc, self._js = nc, js
+        self._state = "connected"
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._errors += 1
+        if self._state == "connected":
+            logger.warning("NATS connection error: %r", exc)
+        else:
+            logger.debug("NATS connection error (%s): %r", self._state, exc)
+
+    async def _on_disconnected(self) -> None:
+        if self._state == "connected":
+            self._disconnects += 1
+            self._state = "reconnecting"
+            logger.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        self._reconnects += 1
+        self._state = "connected"
+        url = getattr(self._nc, "connected_url", None)
+        logger.warning("reconnected to NATS at %s", _mask_url(url.geturl()) if url is not None else "?")
+        for source in list(self._pullers):
+            source.reset()
+
+    async def _on_closed(self) -> None:
+        if not self._closing and self._lost is None:
+            self._lost = BackendUnavailable("NATS connection closed: the client gave up reconnecting")
+        self._state = "closed"
+
+    async def _aio_janitor(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_JANITOR_TICK)
+            if self._lost is not None and not self._closing:
+                raise self._lost
+            now = loop.time()
+            if self._publisher is not None:
+                self._publisher.sweep(now)
+            for source in list(self._pullers):
+                source.check(now)
+
+    async def _aio_stop_sources(self, sources: list[Puller | CoreListener]) -> None:
+        await asyncio.gather(*(s.stop() for s in sources))
+        self._pullers.difference_update(sources)
+
+    async def _aio_finish_publishing(self) -> None:
+        publisher = self._publisher
+        assert publisher is not None
+        try:
+            async with asyncio.timeout(min(self._config.publish_timeout, _CLOSE_PUBACK_WAIT)):
+                await publisher.wait_idle()
+        except TimeoutError:
+            logger.warning("closing with %d publishes unacknowledged: reporting them failed", publisher.pending)
+            publisher.abandon()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await publisher.wait_idle()
+            publisher.fail_queued()
+        publisher.close_pipe()
+
+    async def _aio_close(self) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        self._state = "closing"
+        if nc.is_connected:
+            with contextlib.suppress(Exception):
+                await nc.flush(max(1, int(self._config.request_timeout)))
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+    # -- introspection ---------------------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, object]:
+        """Live figures: connection state, reconnects, pending publishes, fetchers, acks."""
+        p, s = self._publisher, self._settler
+        pullers = [sub.source for sub in self._subs if isinstance(sub.source, Puller)]
+        cores = [sub.source for sub in self._subs if isinstance(sub.source, CoreListener)]
+        return {
+            "kind": "nats",
+            "bridge": None if self._bridge is None else self._bridge.kind,
+            "connection": self._state,
+            "connected": self._state == "connected",
+            "reconnects": self._reconnects,
+            "disconnects": self._disconnects,
+            "connection_errors": self._errors,
+            "pending_publishes": 0 if p is None else p.pending,
+            "publish_acked": 0 if p is None else p.acked,
+            "publish_duplicates": 0 if p is None else p.duplicates,
+            "publish_failed": 0 if p is None else p.failed,
+            "publish_timeouts": 0 if p is None else p.timeouts,
+            "core_published": 0 if p is None else p.core_sent,
+            "subscriptions": len(self._subs),
+            "fetchers": sum(not sub.stopped.is_set() for sub in self._subs),
+            "held": sum(len(sub.held) for sub in self._subs),
+            "received": sum(x.received for x in pullers) + sum(x.received for x in cores),
+            "pull_requests": sum(x.requests_sent for x in pullers),
+            "vanished_pull_requests": sum(x.vanished for x in pullers),
+            "consumer_recoveries": sum(x.recoveries for x in pullers),
+            "core_dropped": sum(x.dropped for x in cores),
+            "acks": s.acks,
+            "naks": s.naks,
+            "terms": s.terms,
+            "acks_queued": s.queued,
+            "ack_batches": s.batches,
+        }
+
+
+def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
+    def num(value: float | None, unset: float) -> float:
+        return unset if value is None else float(value)
+
+    pairs = (
+        (num(existing.max_msgs, -1), num(wanted.max_msgs, -1)),
+        (num(existing.max_bytes, -1), num(wanted.max_bytes, -1)),
+        (num(existing.max_age, 0), num(wanted.max_age, 0)),
+        (num(existing.num_replicas, 1), num(wanted.num_replicas, 1)),
+        (num(existing.duplicate_window, 0), num(wanted.duplicate_window, 0)),
+    )
+    return any(abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in pairs)

@@ -1,0 +1,521 @@
+"""Consuming half of the NATS backend: credit-based pull fetching, core subscriptions, batched acks.
+
+Persistent topics (:class:`Puller`, on the asyncio loop). Each subscription owns an inbox subscription on the
+bus's one connection and keeps pull requests outstanding on its durable consumer
+(``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``, ``{"batch": n, "expires": fetch_max_wait}``). Messages
+are pushed into the inbox as soon as they are stored, so latency does not depend on a batch filling up; a
+request that expires comes back as a ``408`` status with the number of messages it did not get. Credits
+bound memory: at most ``2 * fetch_batch`` messages are requested or held (received but not yet routed into
+the bus's lanes) per subscription; a new request of at least ``fetch_batch / 2`` goes out when the bus takes
+messages (a credit) or a request ends. Received messages become :class:`Delivery` values on the loop and go
+into a :class:`BatchPipe`; the Trio fetcher (:meth:`Subscription.fetch`) takes everything buffered in one
+wake-up (up to ``fetch_batch``), hands it to the bus's sink and then returns the credit (a fire-and-forget
+crossing per ``fetch_batch / 4`` messages). ``attempt`` is JetStream's delivery count from the ack subject.
+
+Ordering: one inbox, one fetcher: a subscriber sees the stream's order (a nak'ed message comes back later,
+after the others). Backpressure: a full lane blocks the fetcher in ``deliver``, so no credits return and no
+new requests go out. Reconnects: outstanding requests are forgotten and re-issued after the consumer was
+re-created if it is gone; see :class:`Puller` for requests the server drops without an answer.
+
+Ephemeral topics (:class:`CoreListener`): a core NATS queue subscription (queue group = the bus group) feeding
+the same kind of pipe; a full pipe drops (and counts) messages, like a NATS slow consumer. Core messages have
+no broker acks; a ``NAK`` re-delivers the message locally after the delay with ``attempt + 1``.
+
+Settlements (:class:`Settler`): ``settle`` queues the ack/nak/term in a :class:`LoopInbox` and never blocks;
+its worker on the loop publishes whatever accumulated, so acks cross in batches while the previous batch is
+sent. A settlement that cannot reach the server (connection lost, backend closed) means redelivery after
+``ack_wait``: at least once. Stopping: a stopping puller sends no more requests, naks what still arrives
+until its requests are answered (at most ``fetch_max_wait + 0.5 s``), then unsubscribes; deliveries the bus
+never routed (held) are nak'ed when the backend closes, so another subscriber gets them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ..._abc import Delivery, DeliverySink, Disposition
+from .._bridge.bridge import BatchPipe, Bridge, BridgeError
+from .._bridge.inbox import LoopInbox
+from .wire import ACK, NAK, TERM, attempt_of, nak_delay, to_delivery
+
+__all__ = ["CoreListener", "JsToken", "Puller", "Settler", "Subscription"]
+
+logger = logging.getLogger("trio_eventbus.nats")
+_REQUEST_GRACE = 0.5  # seconds past a pull request's expiry after which it is forgotten
+_STATUS = "Status"
+_PENDING = "Nats-Pending-Messages"
+_tiebreak = itertools.count()
+
+
+class JsToken:
+    """Settlement handle of a JetStream delivery: its ack subject and the subscription holding it."""
+
+    __slots__ = ("reply", "sub")
+
+    def __init__(self, reply: str, sub: Subscription) -> None:
+        self.reply = reply
+        self.sub = sub
+
+
+class CoreToken:
+    """Settlement handle of a core NATS delivery (no broker acks)."""
+
+    __slots__ = ("sub",)
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+
+
+class Subscription:
+    """Trio-side state of one (topic, group) subscription: its pipe, fetcher and unsettled deliveries."""
+
+    def __init__(
+        self, topic: str, group: str, sink: DeliverySink, bridge: Bridge, capacity: int, *, persistent: bool
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.sink = sink
+        self.persistent = persistent
+        self.pipe: BatchPipe[Delivery] = BatchPipe(bridge, capacity)
+        self.source: Puller | CoreListener | None = None
+        self.held: set[JsToken] = set()  # handed to the bus, not settled yet
+        self.scope = trio.CancelScope()
+        self.stopped = trio.Event()
+        self._bridge = bridge
+        self._requeued: list[tuple[float, int, Delivery]] = []  # core NAKs: (due, tiebreak, delivery)
+        self._wait: trio.CancelScope | None = None
+
+    async def fetch(self, batch: int) -> None:
+        """The fetcher task: move batches from the pipe to the sink until stopped (see module docstring).
+
+        Credits go back in lumps of at least ``batch / 4`` (one crossing each): the puller may then see up to
+        that many more messages held than there are, which its window of ``2 * batch`` absorbs.
+        """
+        lump = max(1, batch // 4)
+        unposted = 0
+        try:
+            with self.scope:
+                while True:
+                    deliveries, from_pipe = await self._next(batch)
+                    if self.persistent:
+                        self.held.update(d.token for d in deliveries)  # type: ignore[misc]
+                    try:
+                        await self.sink.deliver(deliveries)
+                    finally:  # credits go back even when the delivery was cut short
+                        unposted += from_pipe
+                        if unposted >= lump and self.source is not None:
+                            try:
+                                self._bridge.call_soon(self.source.credit, unposted)
+                            except BridgeError:
+                                pass
+                            unposted = 0
+        except trio.EndOfChannel:
+            pass
+        finally:
+            self.stopped.set()
+
+    async def _next(self, batch: int) -> tuple[list[Delivery], int]:
+        while True:
+            if self._requeued and self._requeued[0][0] <= trio.current_time():
+                ready: list[Delivery] = []
+                while self._requeued and self._requeued[0][0] <= trio.current_time() and len(ready) < batch:
+                    ready.append(heapq.heappop(self._requeued)[2])
+                return ready, 0
+            due = self._requeued[0][0] if self._requeued else math.inf
+            with trio.CancelScope(deadline=due) as self._wait:
+                got = await self.pipe.receive_batch(batch)
+                return got, len(got)
+
+    def requeue(self, delivery: Delivery, delay: float) -> None:
+        """Core NATS NAK: deliver again after ``delay`` seconds, as the next attempt."""
+        due = trio.current_time() + delay
+        again = attrs.evolve(delivery, attempt=delivery.attempt + 1)
+        heapq.heappush(self._requeued, (due, next(_tiebreak), again))
+        if self._wait is not None and due < self._wait.deadline:
+            self._wait.deadline = due
+
+    async def drain(self) -> list[Delivery]:
+        """After the source closed the pipe: everything still buffered in it."""
+        out: list[Delivery] = []
+        while True:
+            try:
+                out += await self.pipe.receive_batch(1_000_000)
+            except trio.EndOfChannel:
+                return out
+
+
+class _Request:
+    __slots__ = ("expires_at", "remaining")
+
+    def __init__(self, expires_at: float, remaining: int) -> None:
+        self.expires_at = expires_at
+        self.remaining = remaining  # messages still owed, attributing deliveries to the oldest request
+
+
+class Puller:
+    """Keeps pull requests outstanding for one durable consumer (asyncio side; see module docstring).
+
+    Each request has its own reply subject (``<inbox>.<n>``), so the ``408`` ending an expired request
+    names it and says how many messages it did not get (``Nats-Pending-Messages``). Deliveries carry the
+    stream subject, not the request's, so they are attributed to the oldest live request; the total owed
+    stays exact and is corrected by every ``408``. nats-server 2.9 quirks handled here (both measured): it
+    drops an expired request without a ``408`` when a message is ready (such a request is forgotten
+    ``_REQUEST_GRACE`` s after its expiry), and it loses a redelivery (until ``ack_wait``) that finds no
+    valid waiting request, so a fresh request is always sent ``_renew`` s before the newest one expires,
+    even with the window full. No answer at all (no message, no status) for ``max(2 s, 4 * fetch_max_wait)``
+    while requests go out means the consumer may be gone (memory store after a restart, deleted): recover.
+    """
+
+    def __init__(
+        self,
+        nc: Any,
+        sub: Subscription,
+        stream: str,
+        durable: str,
+        batch: int,
+        max_wait: float,
+        recover: Callable[[], Awaitable[object]],
+    ) -> None:
+        self._nc = nc
+        self._sub = sub
+        self._topic = sub.topic
+        self._pipe = sub.pipe
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._batch = batch
+        self._window = 2 * batch
+        self._threshold = max(1, batch // 2)
+        self._max_wait = max_wait
+        self._renew = max(0.005, 0.2 * max_wait)  # send the next request this long before expiry
+        self._expires = int(max_wait * 1e9)
+        self._recover = recover
+        self._inbox = ""
+        self._nsub: Any = None
+        self._requests: dict[str, _Request] = {}  # reply subject -> live request, oldest first
+        self._request_ids = itertools.count()
+        self.outstanding = 0  # sum of the live requests' remaining
+        self.held = 0  # in the pipe or in the fetcher, not credited back yet
+        self.stopping = False
+        self._quiet: asyncio.Event | None = None
+        self._pulling = self._recovering = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.received = self.statuses = self.requests_sent = self.vanished = self.recoveries = 0
+        self._heard = self._sent_at_heard = 0  # messages + statuses, and requests sent, at the last answer
+        self._heard_at = 0.0
+        self._silence = max(2.0, 4 * max_wait)  # no answer at all for this long: the consumer may be gone
+
+    async def start(self) -> None:
+        self._heard_at = asyncio.get_running_loop().time()
+        self._inbox = self._nc.new_inbox()
+        self._nsub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_msg)
+        self._pulling = True
+        await self._pull()
+
+    async def _on_msg(self, msg: Any) -> None:
+        reply = msg.reply
+        if not reply:
+            self._on_status(msg.subject, msg.headers or {})
+            return
+        self.received += 1
+        for request in self._requests.values():
+            if request.remaining > 0:
+                request.remaining -= 1
+                self.outstanding -= 1
+                break
+        if self.stopping:
+            await self._nc.publish(reply, NAK)
+            return
+        self.held += 1
+        token = JsToken(reply, self._sub)
+        self._pipe.put_nowait(to_delivery(self._topic, msg.data, msg.headers, attempt_of(reply), token))
+        if self.outstanding == 0:
+            self._schedule_pull()
+
+    def _on_status(self, subject: str, headers: dict[str, str]) -> None:
+        self.statuses += 1
+        status = headers.get(_STATUS)
+        request = self._requests.get(subject)
+        if request is None or status == "100":  # an old request's late status, or a heartbeat
+            return
+        pending = headers.get(_PENDING)
+        unfilled = int(pending) if pending is not None and pending.isdigit() else request.remaining
+        self._end(subject, request, unfilled)
+        if status not in ("404", "408"):
+            logger.info("pull request of %r ended with status %s %s", self._topic, status, headers)
+            if status in ("409", "503"):
+                self._start_recover()
+        self._schedule_pull()
+
+    def _end(self, subject: str, request: _Request, unfilled: int) -> None:
+        """Forget a request that the server says still owed ``unfilled`` messages."""
+        del self._requests[subject]
+        correction = request.remaining - unfilled  # > 0: it got more than attributed to it, others less
+        for other in self._requests.values():
+            if correction <= 0:
+                break
+            moved = min(correction, other.remaining)
+            other.remaining -= moved
+            correction -= moved
+        self.outstanding = sum(r.remaining for r in self._requests.values())
+        if self._quiet is not None and not self._requests:
+            self._quiet.set()
+
+    def credit(self, n: int) -> None:
+        """The bus took ``n`` messages out of the pipe (loop thread, via ``call_soon``)."""
+        self.held -= n
+        self._schedule_pull()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _wanted(self, now: float) -> int:
+        """Messages to request now (0: none): keep the window full and one request always waiting.
+
+        A request is sent whenever none would still be waiting ``_renew`` s from now, even with the window
+        full (then it may exceed the window by less than one batch until the expiring ones end): nats-server
+        2.9 drops a redelivery (until ``ack_wait``) that finds no valid waiting request.
+        """
+        free = self._window - self.outstanding - self.held
+        waiting = any(r.remaining > 0 and r.expires_at - now > self._renew for r in self._requests.values())
+        if not waiting:
+            return min(self._batch, max(1, free + self._batch))
+        return min(self._batch, free) if free >= self._threshold else 0
+
+    def _schedule_pull(self) -> None:
+        if self._pulling or self.stopping or self._recovering:
+            return
+        if self._wanted(asyncio.get_running_loop().time()) > 0:
+            self._pulling = True
+            self._spawn(self._pull())
+
+    async def _pull(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.stopping and not self._recovering and self._nc.is_connected:
+                now = loop.time()
+                n = self._wanted(now)
+                if n <= 0:
+                    break
+                reply = f"{self._inbox}.{next(self._request_ids)}"
+                self._requests[reply] = _Request(now + self._max_wait, n)
+                self.outstanding += n
+                self.requests_sent += 1
+                loop.call_later(self._max_wait - self._renew, self._schedule_pull)
+                await self._nc.publish(self._api, b'{"batch":%d,"expires":%d}' % (n, self._expires), reply=reply)
+        except Exception as exc:  # the connection went away: the janitor or the reconnect re-pulls
+            logger.debug("pull request for %r not sent: %r", self._topic, exc)
+        finally:
+            self._pulling = False
+
+    def check(self, now: float) -> None:
+        """Janitor tick (loop thread): forget ended requests, recover if the consumer looks gone."""
+        heard = self.received + self.statuses
+        if heard != self._heard:
+            self._heard, self._heard_at, self._sent_at_heard = heard, now, self.requests_sent
+        if self.stopping or self._recovering or not self._nc.is_connected:
+            return
+        for subject, request in list(self._requests.items()):
+            if request.remaining == 0 and request.expires_at < now:  # filled: the server sends no status
+                self._end(subject, request, 0)
+            elif request.expires_at + _REQUEST_GRACE < now:  # dropped without a 408 (see the class doc)
+                self.vanished += 1
+                self._end(subject, request, request.remaining)
+        if self.requests_sent > self._sent_at_heard and now - self._heard_at > self._silence:
+            logger.info("pull requests of %r get no answer at all: re-checking its consumer", self._topic)
+            self._start_recover()
+        else:
+            self._schedule_pull()
+
+    def reset(self) -> None:
+        """After a reconnect: forget outstanding requests, make sure the consumer exists, pull again."""
+        if not self.stopping:
+            self._start_recover()
+
+    def _start_recover(self) -> None:
+        if self._recovering or self.stopping:
+            return
+        self._recovering = True
+        self._forget_requests()
+        self._spawn(self._do_recover())
+
+    def _forget_requests(self) -> None:
+        self._requests.clear()
+        self.outstanding = 0
+
+    async def _do_recover(self) -> None:
+        try:
+            await self._recover()
+            self.recoveries += 1
+        except Exception as exc:
+            logger.warning("re-creating the consumer of %r failed (will retry): %r", self._topic, exc)
+        finally:
+            self._recovering = False
+            self._forget_requests()
+            self._heard_at, self._sent_at_heard = asyncio.get_running_loop().time(), self.requests_sent
+            self._schedule_pull()
+
+    async def stop(self) -> None:
+        """Stop pulling, nak what still arrives until the requests are answered, unsubscribe, close."""
+        self.stopping = True
+        try:
+            if self._requests and self._nc.is_connected:
+                self._quiet = asyncio.Event()
+                try:
+                    async with asyncio.timeout(self._max_wait + _REQUEST_GRACE):
+                        await self._quiet.wait()
+                except TimeoutError:
+                    pass
+            for task in list(self._tasks):
+                task.cancel()
+            if self._nsub is not None:
+                try:
+                    await self._nsub.unsubscribe()
+                except Exception as exc:
+                    logger.debug("unsubscribing the inbox of %r failed: %r", self._topic, exc)
+        finally:
+            self._pipe.close()
+
+
+class CoreListener:
+    """A core NATS queue subscription feeding a subscription's pipe (asyncio side; ephemeral topics)."""
+
+    def __init__(self, nc: Any, sub: Subscription, flush_timeout: float) -> None:
+        self._nc = nc
+        self._sub = sub
+        self._pipe = sub.pipe
+        self._flush_timeout = flush_timeout
+        self._nsub: Any = None
+        self.stopping = False
+        self.received = self.dropped = 0
+
+    async def start(self) -> None:
+        self._nsub = await self._nc.subscribe(self._sub.topic, queue=self._sub.group, cb=self._on_msg)
+        await self._nc.flush(self._flush_timeout)  # the server knows the interest before subscribe returns
+
+    async def _on_msg(self, msg: Any) -> None:
+        if self.stopping:
+            return
+        self.received += 1
+        token = CoreToken(self._sub)
+        if not self._pipe.put_nowait(to_delivery(self._sub.topic, msg.data, msg.headers, 1, token)):
+            self.dropped += 1
+
+    def credit(self, n: int) -> None:
+        """Core messages need no credits."""
+
+    def check(self, now: float) -> None:
+        """Nothing to supervise: the client re-subscribes after reconnects."""
+
+    def reset(self) -> None:
+        """Nothing to re-create after a reconnect."""
+
+    async def stop(self) -> None:
+        self.stopping = True
+        try:
+            if self._nsub is not None:
+                await self._nsub.unsubscribe()
+        except Exception as exc:
+            logger.debug("unsubscribing from %r failed: %r", self._sub.topic, exc)
+        finally:
+            self._pipe.close()
+
+
+class Settler:
+    """Sends acks, naks and terms in batches without ever blocking (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._bridge: Bridge | None = None
+        self._nc: Any = None
+        self._inbox: LoopInbox[tuple[str, bytes]] | None = None
+        self.acks = self.naks = self.terms = self.failed = self.dropped = 0
+
+    @property
+    def queued(self) -> int:
+        return 0 if self._inbox is None else len(self._inbox)
+
+    @property
+    def batches(self) -> int:
+        return 0 if self._inbox is None else self._inbox.passes
+
+    def attach(self, bridge: Bridge, nc: Any) -> None:
+        self._bridge, self._nc = bridge, nc
+        self._inbox = LoopInbox(bridge, self._send)
+
+    def _queue(self, items: list[tuple[str, bytes]]) -> None:
+        if self._inbox is None or not items:
+            return
+        try:
+            self._inbox.put(items)
+        except BridgeError:  # the connection is closed: the server redelivers after ack_wait
+            self.dropped += len(items)
+
+    def settle(self, delivery: Delivery, disposition: Disposition, delay: float) -> None:
+        """Queue one settlement; never blocks. Settling a delivery twice is ignored."""
+        token = delivery.token
+        if type(token) is JsToken:
+            held = token.sub.held
+            if token not in held:
+                return
+            held.remove(token)
+            if disposition is Disposition.ACK:
+                self.acks += 1
+                payload = ACK
+            elif disposition is Disposition.NAK:
+                self.naks += 1
+                payload = nak_delay(delay)
+            else:
+                self.terms += 1
+                payload = TERM
+            self._queue([(token.reply, payload)])
+        elif type(token) is CoreToken and disposition is Disposition.NAK:
+            self.naks += 1
+            token.sub.requeue(delivery, delay)
+
+    def nak_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Nak deliveries the bus never saw or never settled (redelivered to the group at once)."""
+        out = []
+        for delivery in deliveries:
+            token = delivery.token
+            if type(token) is JsToken:
+                token.sub.held.discard(token)
+                out.append((token.reply, NAK))
+        self.naks += len(out)
+        self._queue(out)
+
+    def nak_held(self, sub: Subscription) -> None:
+        """Nak every delivery of ``sub`` handed to the bus and never settled."""
+        out = [(token.reply, NAK) for token in sub.held]
+        sub.held.clear()
+        self.naks += len(out)
+        self._queue(out)
+
+    async def flush(self) -> None:
+        """Wait until every settlement queued so far was handed to the connection."""
+        if self._bridge is not None and self._inbox is not None:
+            await self._bridge.run(self._inbox.wait_idle)
+
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:  # loop thread
+        self.failed += await _send(self._nc, batch)
+
+
+async def _send(nc: Any, batch: list[tuple[str, bytes]]) -> int:
+    publish = nc.publish
+    failed = 0
+    for reply, payload in batch:
+        try:
+            await publish(reply, payload)
+        except Exception:  # connection closed: the server redelivers after ack_wait
+            failed += 1
+    if failed:
+        logger.debug("%d of %d acks could not be sent", failed, len(batch))
+    return failed

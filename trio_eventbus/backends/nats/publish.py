@@ -1,0 +1,268 @@
+"""Publishing half of the NATS backend: batched JetStream async publish and the one ack handler.
+
+Flow: the bus's publisher task calls :meth:`Publisher.send` with up to ``publish_batch`` messages; they go into
+a :class:`LoopInbox` (no waiting for a round trip: at most one posted crossing per loop pass, carrying
+everything queued meanwhile) whose worker, :meth:`Publisher._publish_batch` on the asyncio loop, writes every
+message to the connection in order. A JetStream message is published with the reply subject
+``<ack inbox>.<seq>``: that is JetStream's async publish (what nats-py's ``publish_async`` does), spoken
+directly so that no future, semaphore or JSON parse is paid per message. The stream's PubAck (or error)
+comes back on the one ack-inbox subscription, whose callback (:meth:`Publisher._on_ack`) turns it into an
+:class:`Outcome` in a :class:`BatchPipe`; the single Trio task :meth:`Publisher.forward` (the "ack handler")
+receives whole batches of outcomes per wake-up and passes them to the bus's outcomes channel.
+
+Exactly one outcome per message: a message nats-py refuses at once (closed connection, reconnect buffer
+full, too large) gets a failed outcome at once; otherwise the first of these decides: its PubAck (success,
+also for a duplicate JetStream dropped), a JetStream error or a ``503`` (no stream captures the subject),
+or ``publish_timeout`` seconds without an answer (a server restart lost it; the janitor's :meth:`sweep`
+fails it). A late answer after that is ignored. Ephemeral (core NATS) messages succeed once written to the
+connection's buffer: core NATS has no acks.
+
+Backpressure: the bus's publish window bounds the messages between ``send`` and their outcome; at most
+``max_pending_publishes`` PubAcks are awaited at once: when that many are, the worker waits for answers
+(and so outcomes stop and the bus's window fills). Ordering: one worker writes in ``send`` order, which keeps
+per-subject publish order. Cancellation: ``send`` does not wait, so a Trio cancel cannot interrupt a batch;
+the worker is only cancelled when the bridge closes, and then the messages it had not written get failed
+outcomes (those still queued are failed by :meth:`Publisher.fail_queued` at close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+from nats.js.errors import APIError
+
+from ..._abc import Outcome
+from ..._exceptions import PublishError
+from .._bridge.bridge import BatchPipe, Bridge
+from .._bridge.inbox import LoopInbox
+from .wire import translate
+
+__all__ = ["PublishTimeout", "Publisher", "WireItem"]
+
+#: (seq, subject, body, headers, persistent)
+WireItem = tuple[int, str, bytes, dict[str, str] | None, bool]
+_UNBOUNDED = sys.maxsize  # outcomes are bounded by the bus's publish window, not by the pipe
+
+
+class PublishTimeout(PublishError):
+    """No PubAck arrived within ``NatsConfig.publish_timeout`` (the server may still have stored it)."""
+
+
+class Publisher:
+    """Publishes batches on the loop and reports every outcome to Trio (see the module docstring)."""
+
+    def __init__(self, bridge: Bridge, nc: Any, timeout: float, max_pending: int) -> None:
+        self._bridge = bridge
+        self._nc = nc
+        self._timeout = timeout
+        self._max_pending = max_pending
+        self.pipe: BatchPipe[Outcome] = BatchPipe(bridge, _UNBOUNDED)
+        self._inbox: LoopInbox[WireItem] = LoopInbox(bridge, self._publish_batch)
+        self._prefix = ""
+        self._inflight: dict[int, float] = {}  # seq -> deadline, awaiting a PubAck (loop thread)
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._space: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._closed = False
+        self._abandoned = False
+        # written on the loop thread, read by statistics() in the Trio thread (plain int reads)
+        self.acked = 0
+        self.duplicates = 0
+        self.failed = 0
+        self.timeouts = 0
+        self.core_sent = 0
+
+    @property
+    def pending(self) -> int:
+        """JetStream publishes awaiting their PubAck."""
+        return len(self._inflight)
+
+    @property
+    def queued(self) -> int:
+        """Messages handed to :meth:`send` and not yet written to the connection."""
+        return len(self._inbox)
+
+    # -- Trio side --------------------------------------------------------------------------------------
+
+    def send(self, items: Sequence[WireItem]) -> None:
+        """Queue ``items`` for publishing, in order; never waits. Outcomes follow through :meth:`forward`."""
+        self._inbox.put(items)
+
+    def fail_queued(self) -> None:
+        """At close, after the worker stopped: fail what it never wrote (nothing, normally)."""
+        error = PublishError("the NATS backend closed before the message was handed to NATS")
+        if queued := [item[0] for item in self._inbox.take_all()]:
+            self._emit([Outcome(queued, error)])
+
+    async def forward(
+        self,
+        outcomes: trio.MemorySendChannel[Sequence[Outcome]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The ack handler: move outcome batches to the bus until :meth:`close_pipe` ran and all arrived."""
+        task_status.started()
+        receive = self.pipe.receive_batch
+        while True:
+            try:
+                batch = await receive(100_000)
+            except trio.EndOfChannel:
+                return
+            await outcomes.send(batch)
+
+    # -- asyncio side -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe the ack inbox (loop thread; nats-py re-subscribes it after reconnects)."""
+        self._prefix = self._nc.new_inbox() + "."
+        await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
+
+    async def _publish_batch(self, items: Sequence[WireItem]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        publish, prefix, inflight, deadlines = self._nc.publish, self._prefix, self._inflight, self._deadlines
+        now: list[Outcome] = []
+        index = 0
+        try:
+            for index, (seq, subject, body, headers, persistent) in enumerate(items):  # noqa: B007
+                if persistent:
+                    while len(inflight) >= self._max_pending and not self.abandoned:
+                        self._space = asyncio.Event()
+                        await self._space.wait()
+                        deadline = loop.time() + self._timeout  # the clock starts when it is written
+                    inflight[seq] = deadline
+                if self.abandoned:
+                    raise _Abandoned
+                try:
+                    if persistent:
+                        await publish(subject, body, reply=f"{prefix}{seq}", headers=headers)
+                        deadlines.append((deadline, seq))
+                    else:
+                        await publish(subject, body, headers=headers)
+                        self.core_sent += 1
+                        now.append(Outcome((seq,)))
+                except Exception as exc:
+                    inflight.pop(seq, None)
+                    self.failed += 1
+                    error = translate(exc, f"publish to {subject!r} refused", publish=True)
+                    error.__cause__ = exc
+                    now.append(Outcome((seq,), error))
+            index = len(items)
+        except (asyncio.CancelledError, _Abandoned) as exc:
+            error = PublishError("the NATS backend closed before the message was handed to NATS")
+            rest = [item[0] for item in items[index:]]  # the one being written when interrupted, and the rest
+            for seq in rest:
+                inflight.pop(seq, None)
+            if rest:
+                now.append(Outcome(rest, error))
+            self.failed += len(items) - index
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._emit(now)
+
+    def _emit(self, outcomes: list[Outcome]) -> None:
+        if self._closed:
+            return
+        put = self.pipe.put_nowait
+        for outcome in outcomes:
+            put(outcome)
+
+    async def _on_ack(self, msg: Any) -> None:  # the ack inbox's subscription callback
+        try:
+            seq = int(msg.subject[len(self._prefix) :])
+        except ValueError:
+            return
+        if self._inflight.pop(seq, None) is None:
+            return  # already failed by the timeout: a late answer changes nothing
+        error = _ack_error(msg)
+        if error is None:
+            self.acked += 1
+            if b'"duplicate"' in msg.data:
+                self.duplicates += 1
+        else:
+            self.failed += 1
+        if not self._closed:
+            self.pipe.put_nowait(Outcome((seq,), error))
+        self._freed()
+
+    def _freed(self) -> None:
+        if self._space is not None and len(self._inflight) < self._max_pending:
+            self._space.set()
+        if self._idle is not None and not self._inflight:
+            self._idle.set()
+
+    def sweep(self, now: float) -> None:
+        """Fail every publish whose PubAck is overdue (called by the backend's janitor on the loop)."""
+        queue, inflight = self._deadlines, self._inflight
+        expired: list[Outcome] = []
+        while queue and (queue[0][0] <= now or queue[0][1] not in inflight):
+            _, seq = queue.popleft()
+            if inflight.pop(seq, None) is not None:
+                self.timeouts += 1
+                self.failed += 1
+                expired.append(Outcome((seq,), PublishTimeout(self._timeout_text())))
+        if expired:
+            self._emit(expired)
+            self._freed()
+
+    def _timeout_text(self) -> str:
+        if self._abandoned:
+            return "the NATS backend closed before the PubAck arrived"
+        return f"no PubAck within publish_timeout={self._timeout} s (connection lost?)"
+
+    async def wait_idle(self) -> None:
+        """Wait until every message sent has its outcome (bounded by ``publish_timeout``)."""
+        await self._inbox.wait_idle()
+        while self._inflight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    @property
+    def abandoned(self) -> bool:
+        """abandon() ran: write nothing more (a property, so checks after an await are not narrowed away)."""
+        return self._abandoned
+
+    def abandon(self) -> None:
+        """Closing with PubAcks overdue: fail every outstanding publish now, write nothing more."""
+        self._abandoned = True
+        self.sweep(math.inf)
+        if self._space is not None:
+            self._space.set()
+
+    def close_pipe(self) -> None:
+        """No more outcomes: :meth:`forward` ends once it delivered the buffered ones."""
+        if not self._closed:
+            self._closed = True
+            self.pipe.close()
+
+
+class _Abandoned(Exception):
+    pass
+
+
+def _ack_error(msg: Any) -> PublishError | None:
+    """None for a PubAck, else the error JetStream answered (with a nats-py ``APIError`` as the cause)."""
+    headers = msg.headers
+    if headers and headers.get("Status") == "503":
+        cause = APIError(code=503, description="no responders: no stream captures the subject")
+    elif b'"error"' not in msg.data:
+        return None
+    else:
+        try:
+            answer = json.loads(msg.data)["error"]
+            cause = APIError(
+                code=answer.get("code"), err_code=answer.get("err_code"), description=answer.get("description")
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            cause = APIError(description=f"unexpected answer {msg.data[:200]!r}")
+    error = PublishError(f"JetStream refused the message: {cause.description} (code {cause.code})")
+    error.__cause__ = cause
+    return error

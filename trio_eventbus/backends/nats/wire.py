@@ -1,0 +1,159 @@
+"""The NATS wire format of the bus: names, headers, compression, ack payloads, error translation.
+
+Pure functions and constants, no I/O; shared by the publishing and consuming halves of the NATS backend.
+
+Names (see also :mod:`trio_eventbus.backends.nats`)
+    subject = the topic itself (topics are already literal NATS subjects: dot-separated tokens of
+    ``A-Z a-z 0-9 _ -``); stream = ``NatsConfig.stream_prefix`` + the topic with ``.`` replaced by ``_``;
+    durable consumer = the group name (a consumer lives inside its topic's stream, so the group alone
+    identifies it and the bus already restricts groups to ``A-Z a-z 0-9 _ -``).
+
+Headers added on the wire and removed again before the bus sees a delivery
+    ``Nats-Msg-Id``: the message id (``event_id`` of envelopes), JetStream's dedupe key;
+    ``X-Message-Key``: the key of a raw message (envelopes carry theirs in ``X-Aggregate-ID``, so it is not
+    repeated for them); ``X-Content-Encoding: lz4``: the body is an LZ4 frame (only when that made it
+    smaller).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ..._abc import Delivery
+from ..._codec import H_AGGREGATE_ID
+from ..._exceptions import BackendUnavailable, EventBusError, InvalidTopicError, PublishError
+
+__all__ = [
+    "ACK",
+    "H_ENCODING",
+    "H_KEY",
+    "H_MSG_ID",
+    "NAK",
+    "TERM",
+    "attempt_of",
+    "durable_name",
+    "nak_delay",
+    "stream_name",
+    "to_delivery",
+    "translate",
+    "wire_message",
+]
+
+logger = logging.getLogger("trio_eventbus.nats")
+
+H_MSG_ID = "Nats-Msg-Id"
+H_KEY = "X-Message-Key"
+H_ENCODING = "X-Content-Encoding"
+_LZ4 = "lz4"
+_INTERNAL = (H_MSG_ID, H_KEY, H_ENCODING)
+_MAX_STREAM_NAME = 255  # the stream name is a directory name in the server's store
+
+ACK = b"+ACK"
+NAK = b"-NAK"
+TERM = b"+TERM"
+
+
+def stream_name(prefix: str, topic: str) -> str:
+    """The JetStream stream of ``topic`` (the topic must already be valid: ``validate_topic``)."""
+    name = prefix + topic.replace(".", "_")
+    if len(name) > _MAX_STREAM_NAME:
+        raise InvalidTopicError(
+            f"topic {topic!r} is too long for NATS: its stream name would have {len(name)} characters "
+            f"(limit {_MAX_STREAM_NAME} including the prefix {prefix!r})"
+        )
+    return name
+
+
+def durable_name(group: str) -> str:
+    """The durable pull consumer of ``group`` inside a topic's stream."""
+    return group
+
+
+def nak_delay(delay: float) -> bytes:
+    """The NAK payload asking for redelivery after ``delay`` seconds."""
+    if delay <= 0:
+        return NAK
+    return b'-NAK {"delay": %d}' % int(delay * 1e9)
+
+
+def wire_message(
+    topic: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    key: str | None,
+    message_id: str | None,
+    compress_min: int | None,
+) -> tuple[bytes, dict[str, str] | None]:
+    """The (body, headers) put on the wire for one outgoing message (``compress_min=None``: no lz4)."""
+    out = dict(headers)
+    if message_id is not None:
+        out[H_MSG_ID] = message_id
+    if key is not None and out.get(H_AGGREGATE_ID) != key:
+        out[H_KEY] = key
+    if compress_min is not None and len(body) >= compress_min:
+        import lz4.frame
+
+        packed: bytes = lz4.frame.compress(body)
+        if len(packed) < len(body):
+            body = packed
+            out[H_ENCODING] = _LZ4
+    return body, out or None
+
+
+def attempt_of(reply: str) -> int:
+    """JetStream's delivery count from an ack subject (``$JS.ACK.<stream>.<consumer>.<delivered>...``)."""
+    tokens = reply.split(".")
+    try:
+        if len(tokens) == 9:  # v1: $JS.ACK.stream.consumer.delivered.sseq.cseq.ts.pending
+            return int(tokens[4])
+        if len(tokens) >= 11:  # v2: $JS.ACK.domain.account.stream.consumer.delivered...
+            return int(tokens[6])
+    except ValueError:
+        pass
+    return 1
+
+
+def to_delivery(topic: str, body: bytes, headers: Mapping[str, str] | None, attempt: int, token: object) -> Delivery:
+    """A :class:`Delivery` from a received message: internal headers removed, body decompressed."""
+    if not headers:
+        return Delivery(topic, body, {}, None, None, attempt, token)
+    clean = dict(headers)
+    message_id = clean.pop(H_MSG_ID, None)
+    key = clean.pop(H_KEY, None)
+    if key is None:
+        key = clean.get(H_AGGREGATE_ID)
+    encoding = clean.pop(H_ENCODING, None)
+    if encoding is not None:
+        try:
+            if encoding != _LZ4:
+                raise ValueError(f"unknown content encoding {encoding!r}")
+            import lz4.frame
+
+            body = lz4.frame.decompress(body)
+        except Exception as exc:  # lz4 missing or corrupt frame: hand over the raw bytes, say why
+            logger.warning("cannot decompress a message of %r (%r): delivering it as it is", topic, exc)
+            clean[H_ENCODING] = encoding
+    return Delivery(topic, body, clean, key or None, message_id, attempt, token)
+
+
+def _describe(exc: BaseException) -> str:
+    description = getattr(exc, "description", None)
+    text = str(description) if description else str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def translate(exc: BaseException, what: str, *, publish: bool = False) -> EventBusError:
+    """A bus error for a nats-py error (the caller raises it ``from exc``)."""
+    if isinstance(exc, EventBusError):
+        return exc
+    if publish:
+        return PublishError(f"{what}: {_describe(exc)}")
+    return BackendUnavailable(f"{what}: {_describe(exc)}")
+
+
+def api_error_code(exc: BaseException) -> int | None:
+    """JetStream's ``err_code`` of an API error, if it has one."""
+    code: Any = getattr(exc, "err_code", None)
+    return code if isinstance(code, int) else None
