@@ -1,13 +1,18 @@
-"""Sessions: ``nox`` runs lint, typecheck and tests (the whole suite, with real local brokers).
+"""Sessions: ``nox`` runs lint, typecheck and tests (the whole suite, with real local brokers, on 3.11-3.13).
 
 - ``tests``: installs the package with every extra, provisions the brokers (``tools/provision.py``: Debian's
   nats-server, Apache Kafka from Maven Central; skipped for brokers named by ``TEB_NATS_URL`` /
-  ``TEB_KAFKA_BOOTSTRAP``), then runs pytest. Extra arguments go to pytest: ``nox -s tests -- -m "not kafka"``.
+  ``TEB_KAFKA_BOOTSTRAP``), then runs pytest on Python 3.11, 3.12 and 3.13 (coverage reported on 3.11).
+  Extra arguments go to pytest: ``nox -s tests-3.12 -- -m "not kafka"``.
+- ``tests_memory``: the fast loop: every test that needs no broker (no Java, Maven or apt; under a minute).
 - ``lint``: ruff check and ruff format --check. ``typecheck``: mypy --strict.
 - ``demo`` / ``bench``: ``python -m trio_eventbus demo|bench`` (extra arguments passed on).
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import nox
 
@@ -16,15 +21,36 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
+PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _expose_pyenv_interpreters() -> None:
+    """Put pyenv's real ``python3.X`` directories ahead of its shims, which refuse versions not made active."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = [str(max(versions.glob(f"{v}.*"), default=versions / v) / "bin") for v in PYTHONS]
+    found = [d for d in found if Path(d).is_dir()]
+    if found:
+        os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
+
+
+_expose_pyenv_interpreters()
 ALL_EXTRAS = ".[dev,nats,kafka,lz4,uvloop]"
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The whole test suite against real brokers (a missing broker is an error, never a skip)."""
     session.install("-e", ALL_EXTRAS)
     session.run("python", "tools/provision.py")
-    session.run("python", "-m", "pytest", *session.posargs)
+    coverage = ["--cov=trio_eventbus", "--cov-report=term:skip-covered"] if session.python == PYTHON else []
+    session.run("python", "-m", "pytest", *coverage, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests_memory(session: nox.Session) -> None:
+    """Every test that needs no broker: the fast loop (pip packages only; no Java, Maven or apt)."""
+    session.install("-e", ALL_EXTRAS)
+    session.run("python", "-m", "pytest", "-m", "not nats and not kafka", *session.posargs)
 
 
 @nox.session(python=PYTHON)

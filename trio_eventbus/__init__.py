@@ -32,11 +32,10 @@ from ._exceptions import (
     PublishError,
 )
 from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
+from ._version import __version__ as __version__
 from .backends.kafka.config import KafkaConfig
 from .backends.memory import MemoryBroker, MemoryConfig
 from .backends.nats.config import NatsConfig
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AlreadySubscribedError",
