@@ -8,10 +8,11 @@ the restart scenario. The last tests prove that the task-leak watch the checks r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -24,13 +25,13 @@ from trio_eventbus.testing.servers import KafkaServer, NatsServer
 _BRIDGES = ("thread", "trio-asyncio")
 
 
-def _loop_for(bridge: str) -> AbstractAsyncContextManager[Any]:
+def _loop_for(bridge: str) -> Callable[[], AbstractAsyncContextManager[Any]] | None:
     """The trio-asyncio bridge runs inside the application's trio_asyncio loop, as applications would."""
     if bridge == "trio-asyncio":
         import trio_asyncio
 
-        return trio_asyncio.open_loop()
-    return nullcontext()
+        return trio_asyncio.open_loop
+    return None
 
 
 class TestMemory(BackendConformance):
@@ -50,7 +51,8 @@ def _nats_case(url: str, bridge: str, **kw: Any) -> BackendCase:
     from trio_eventbus.backends.nats.config import NatsConfig
 
     config = NatsConfig(servers=url, bridge=bridge, **kw)  # type: ignore[arg-type]
-    return BackendCase(f"nats-{bridge}", lambda: config, config.create_backend().features, timeout=60)
+    features = config.create_backend().features
+    return BackendCase(f"nats-{bridge}", lambda: config, features, timeout=60, context=_loop_for(bridge))
 
 
 @pytest.mark.nats
@@ -59,11 +61,6 @@ class TestNats(BackendConformance):
     def bridge(self, request: pytest.FixtureRequest) -> str:
         return str(request.param)
 
-    @pytest.fixture(autouse=True)
-    async def _asyncio_loop(self, bridge: str) -> AsyncIterator[None]:
-        async with _loop_for(bridge):
-            yield
-
     @pytest.fixture
     def backend_case(self, nats_url: str, bridge: str) -> BackendCase:
         return _nats_case(nats_url, bridge)
@@ -71,7 +68,7 @@ class TestNats(BackendConformance):
     @pytest.fixture
     def restart_case(self, nats_server: NatsServer, bridge: str) -> BackendCase:
         case = _nats_case(nats_server.url, bridge, reconnect_time_wait=0.1, publish_timeout=5.0)
-        return BackendCase(case.name, case.config, case.features, timeout=120, restart=restart_hook(nats_server))
+        return attrs.evolve(case, timeout=120, restart=restart_hook(nats_server))
 
 
 def _kafka_case(bootstrap: str, bridge: str, **kw: Any) -> BackendCase:
@@ -90,7 +87,8 @@ def _kafka_case(bootstrap: str, bridge: str, **kw: Any) -> BackendCase:
         "dedupes": "Kafka has no broker-side dedupe by message id (duplicate_window is ignored)",
         "ephemeral_topics": "every Kafka topic is a retained log",
     }
-    return BackendCase(f"kafka-{bridge}", lambda: config, config.create_backend().features, 60, reasons=reasons)
+    features = config.create_backend().features
+    return BackendCase(f"kafka-{bridge}", lambda: config, features, 60, context=_loop_for(bridge), reasons=reasons)
 
 
 @pytest.mark.kafka
@@ -98,11 +96,6 @@ class TestKafka(BackendConformance):
     @pytest.fixture(params=_BRIDGES)
     def bridge(self, request: pytest.FixtureRequest) -> str:
         return str(request.param)
-
-    @pytest.fixture(autouse=True)
-    async def _asyncio_loop(self, bridge: str) -> AsyncIterator[None]:
-        async with _loop_for(bridge):
-            yield
 
     @pytest.fixture
     def backend_case(self, kafka_bootstrap: str, bridge: str) -> BackendCase:
@@ -112,9 +105,7 @@ class TestKafka(BackendConformance):
     def restart_case(self, kafka_server: KafkaServer, bridge: str) -> BackendCase:
         # a publish waits up to a minute for the broker to come back instead of failing
         case = _kafka_case(kafka_server.bootstrap, bridge, request_timeout_ms=60_000)
-        return BackendCase(
-            case.name, case.config, case.features, 180, restart=restart_hook(kafka_server), reasons=case.reasons
-        )
+        return attrs.evolve(case, timeout=180, restart=restart_hook(kafka_server))
 
 
 # ------------------------------------------------------------------------------------- the leak watch can fail
@@ -166,3 +157,25 @@ async def test_leak_watch_passes_a_closed_bus_and_ignores_helpers_outside() -> N
     with pytest.raises(AssertionError, match="recorded no task"):
         async with watch_task_leaks():
             await trio.lowlevel.checkpoint()
+
+
+async def test_leak_watch_ignores_tasks_of_buses_opened_before_it() -> None:
+    """The owner task spawns, through an earlier bus, into that bus's nursery (owned by one of its tasks):
+    those tasks belong to the earlier bus, which is still open, and are not this watch's leaks."""
+    stop = trio.Event()
+    earlier: list[trio.Nursery] = []
+    ready = trio.Event()
+
+    async def connection() -> None:  # an earlier bus's connection task, owning the nursery of its fetchers
+        async with trio.open_nursery() as fetchers:
+            earlier.append(fetchers)
+            ready.set()
+            await stop.wait()
+            fetchers.cancel_scope.cancel()
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(connection)
+        await ready.wait()
+        async with watch_task_leaks(), teb.open_bus(teb.MemoryConfig()):
+            earlier[0].start_soon(trio.sleep_forever, name="earlier-bus-fetcher")  # earlier_bus.subscribe(...)
+        stop.set()

@@ -2,15 +2,21 @@
 
 ``bus.statistics().tasks_alive`` read after the ``open_bus`` block counts the children of a nursery that has
 already exited: it is always 0 and cannot catch a leak. This instrument watches the whole run instead: while
-it is installed, every task spawned by the *owner* task (the one that opens the bus) or by a task it already
-recorded is recorded, whichever nursery it was spawned into (the bus's own nurseries, a system nursery, a
-nursery that belongs to someone else). After the ``open_bus`` block, :meth:`TaskLeakWatch.leaks` lists the
-recorded tasks that have not exited yet.
+it is installed, it records
 
-Not recorded: tasks the owner spawns with ``start_soon`` into a nursery it already had open when the watch
-began (the test's own helpers, such as a results reader spawned from the bus block into an outer nursery).
-Those outlive the bus by design. (A ``start`` into such a nursery spawns the task in a temporary nursery
-first, so it is recorded; avoid ``start`` for helpers that outlive the bus in a watched block.)
+- every task spawned by a task it already recorded, whichever nursery it goes to (the bus's own nurseries,
+  the system nursery, a nursery that belongs to someone else);
+- every task the *owner* task (the one that opens the bus, and runs the bus's methods) spawns into a nursery
+  that did not exist when the watch began (the bus's nurseries) or into the system nursery
+  (``trio.lowlevel.spawn_system_task``).
+
+After the ``open_bus`` block, :meth:`TaskLeakWatch.leaks` lists the recorded tasks that have not exited yet.
+
+Not recorded: tasks the owner spawns into a nursery that already existed when the watch began — the test's
+own helpers (a results reader started from the bus block into an outer nursery, which outlives the bus by
+design), and tasks of *other* buses opened earlier by the same task (``other_bus.subscribe`` spawns its
+fetcher from the owner task into that bus's nursery). (A ``nursery.start`` spawns the task in a new temporary
+nursery first, so it is recorded: use ``start_soon`` for helpers that outlive the bus in a watched block.)
 
 Usage::
 
@@ -37,7 +43,7 @@ class TaskLeakWatch(trio.abc.Instrument):
 
     def __init__(self, owner: trio.lowlevel.Task) -> None:
         self._owner = owner
-        self._preexisting = frozenset(owner.child_nurseries)
+        self._preexisting = frozenset(_nurseries_except_the_system_nursery())
         self._spawner: dict[trio.lowlevel.Task, trio.lowlevel.Task] = {}  # recorded task -> who spawned it
         self._alive: set[trio.lowlevel.Task] = set()
 
@@ -74,6 +80,20 @@ class TaskLeakWatch(trio.abc.Instrument):
             owner = nursery.parent_task.name if nursery is not None else "?"
             lines.append(f"{task.name} (spawned by {self._spawner[task].name}, in a nursery of {owner})")
         return "; ".join(lines)
+
+
+def _nurseries_except_the_system_nursery() -> list[trio.Nursery]:
+    """Every nursery open in the run now, walking the task tree from the root, except the root's own."""
+    root = trio.lowlevel.current_root_task()
+    found: list[trio.Nursery] = []
+    stack = [] if root is None else [root]
+    while stack:
+        task = stack.pop()
+        for nursery in task.child_nurseries:
+            if task is not root:
+                found.append(nursery)
+            stack.extend(nursery.child_tasks)
+    return found
 
 
 @asynccontextmanager

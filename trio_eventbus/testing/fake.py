@@ -50,6 +50,7 @@ class FakeBackend:
         self.batches: list[int] = []  #: the size of each send call
         self.held: dict[int, OutgoingMessage] = {}  #: sent, outcome not released yet (by seq, in send order)
         self.ensure_calls: collections.Counter[str] = collections.Counter()
+        self.ensured: list[tuple[str, TopicOptions]] = []  #: every ensure_topic call, in order
         self.ensure_gate: trio.Event | None = None  #: when set to an unset Event, ensure_topic waits on it
         self.ensure_entered = trio.lowlevel.ParkingLot()  #: unparked each time ensure_topic is entered
         self._ensure_errors: dict[str, collections.deque[BaseException]] = collections.defaultdict(collections.deque)
@@ -142,6 +143,7 @@ class FakeBackend:
     async def ensure_topic(self, topic: str, options: TopicOptions) -> None:
         """Count the call; wait on :attr:`ensure_gate` if one is set; raise a queued error, if any."""
         self.ensure_calls[topic] += 1
+        self.ensured.append((topic, options))
         self.ensure_entered.unpark_all()
         gate = self.ensure_gate
         if gate is not None:

@@ -24,8 +24,11 @@ needs a feature the backend lacks is skipped with ``"<backend> lacks <feature>: 
 case can give the backend's own why); none passes without running. Every feature flag gates at least one
 check; checks for the fallback behaviour of a lacking backend skip backends that have the feature.
 
-Every check runs under ``trio.fail_after(case.timeout)``, waits on events rather than sleeping, uses unique
-topic names and opens each bus under a task-leak watch (:mod:`trio_eventbus.testing._task_leaks`).
+The case fixtures must be synchronous (the suite reads the features before the Trio run starts, so that a
+skip keeps its reason); an async context the checks need, such as ``trio_asyncio.open_loop()``, goes in
+``BackendCase.context``. Every check runs under ``trio.fail_after(case.timeout)`` inside that context, waits
+on events rather than sleeping, uses unique topic names and opens each bus under a task-leak watch
+(:mod:`trio_eventbus.testing._task_leaks`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ._case import (
     lacking,
     open_watched_bus,
     requires,
+    running,
     seq_of,
     skip_reason,
     unique_topic,
@@ -58,6 +62,7 @@ __all__ = [
     "open_watched_bus",
     "requires",
     "restart_scenario",
+    "running",
     "seq_of",
     "skip_reason",
     "unique_topic",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import attrs
@@ -30,6 +30,7 @@ __all__ = [
     "lacking",
     "open_watched_bus",
     "requires",
+    "running",
     "seq_of",
     "skip_reason",
     "unique_topic",
@@ -60,8 +61,13 @@ class BackendCase:
     ``config()`` returns a config for one more bus on the same broker (several buses of one check must meet).
     ``features`` selects the checks. ``timeout`` bounds each check (``trio.fail_after``). ``restart``, when
     given, stops the broker and starts it again on the same port and store (awaitable; it blocks the calling
-    task only, so call blocking process managers through ``trio.to_thread.run_sync``). ``reasons`` gives, per
-    lacking feature (or ``"restart"``), the backend's own explanation for the skip.
+    task only, so call blocking process managers through ``trio.to_thread.run_sync``). ``context``, when given,
+    makes the async context every check runs inside, around all its buses (e.g. ``trio_asyncio.open_loop``
+    for a backend bridged into the application's asyncio loop). ``reasons`` gives, per lacking feature (or
+    ``"restart"``), the backend's own explanation for the skip.
+
+    The case fixtures (``backend_case``, ``restart_case``) must be synchronous: the suite reads the features
+    before the Trio run starts, to skip with the reason. Anything async goes in ``context``.
     """
 
     name: str
@@ -69,6 +75,7 @@ class BackendCase:
     features: teb.BackendFeatures
     timeout: float = 60.0
     restart: Callable[[], Awaitable[None]] | None = None
+    context: Callable[[], AbstractAsyncContextManager[object]] | None = None
     reasons: Mapping[str, str] = attrs.field(factory=dict, validator=_check_reasons)
 
 
@@ -117,6 +124,17 @@ def skip_reason(case: BackendCase, check: Callable[..., Any]) -> str | None:
     if feature is not None and _has(case, feature):
         return f"{case.name} has {feature}: this check is for the fallback of backends without it"
     return None
+
+
+@asynccontextmanager
+async def running(case: BackendCase, *, timeout_factor: float = 1.0) -> AsyncIterator[None]:
+    """The scope of one check: ``trio.fail_after(case.timeout * timeout_factor)`` around ``case.context()``."""
+    with trio.fail_after(case.timeout * timeout_factor):
+        if case.context is None:
+            yield
+        else:
+            async with case.context():
+                yield
 
 
 @asynccontextmanager

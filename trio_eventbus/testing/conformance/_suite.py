@@ -1,9 +1,10 @@
 """BackendConformance: the behaviour checks every backend must pass, as a class a backend's tests subclass.
 
 See :mod:`trio_eventbus.testing.conformance` for how to subclass it. Each check runs under
-``trio.fail_after(case.timeout)``, waits on events rather than sleeping, uses unique topic names, and opens its
-buses under a task-leak watch (no task a bus spawned may outlive its ``open_bus`` block). A check that needs a
-feature the case lacks is skipped with the reason (see :func:`requires`); none passes without running.
+``trio.fail_after(case.timeout)`` inside the case's context (:func:`running`), waits on events rather than
+sleeping, uses unique topic names, and opens its buses under a task-leak watch (no task a bus spawned may
+outlive its ``open_bus`` block). A check that needs a feature the case lacks is skipped with the reason (see
+:func:`requires`); none passes without running.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ._case import (
     lacking,
     open_watched_bus,
     requires,
+    running,
     seq_of,
     skip_reason,
     unique_topic,
@@ -70,7 +72,7 @@ class BackendConformance:
         topic = unique_topic(case, "persist")
         got: list[teb.Envelope] = []
         counter = Counter(50)
-        with trio.fail_after(case.timeout):
+        async with running(case):
             async with open_watched_bus(case) as bus:
                 await bus.configure_topic(topic, teb.TopicOptions())
                 for i in range(50):
@@ -92,23 +94,22 @@ class BackendConformance:
         topic = unique_topic(case, "concurrent")
         seen: list[int] = []
         counter = Counter(4 * 250)
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case, teb.BusOptions(lanes=8, workers=4)) as bus:
+        async with running(case), open_watched_bus(case, teb.BusOptions(lanes=8, workers=4)) as bus:
 
-                async def handler(msg: teb.Message) -> None:
-                    seen.append(int(msg.data))
-                    counter.hit()
+            async def handler(msg: teb.Message) -> None:
+                seen.append(int(msg.data))
+                counter.hit()
 
-                await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler)
 
-                async def producer(p: int) -> None:
-                    for i in range(250):
-                        await bus.publish(topic, b"%d" % (p * 1000 + i), key=f"k{i % 7}" if p % 2 else None)
+            async def producer(p: int) -> None:
+                for i in range(250):
+                    await bus.publish(topic, b"%d" % (p * 1000 + i), key=f"k{i % 7}" if p % 2 else None)
 
-                async with trio.open_nursery() as nursery:
-                    for p in range(4):
-                        nursery.start_soon(producer, p)
-                await counter.done.wait()
+            async with trio.open_nursery() as nursery:
+                for p in range(4):
+                    nursery.start_soon(producer, p)
+            await counter.done.wait()
         assert sorted(seen) == sorted(p * 1000 + i for p in range(4) for i in range(250))
 
     async def test_many_topics_are_isolated(self, backend_case: BackendCase) -> None:
@@ -117,20 +118,19 @@ class BackendConformance:
         topics = [unique_topic(case, f"iso{t}") for t in range(6)]
         seen: dict[str, list[str]] = defaultdict(list)
         counter = Counter(6 * 20)
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as bus:
+        async with running(case), open_watched_bus(case) as bus:
+            for topic in topics:
+
+                async def handler(msg: teb.Message, topic: str = topic) -> None:
+                    seen[topic].append(msg.data.decode())
+                    counter.hit()
+
+                await bus.subscribe(topic, handler)
+            for i in range(20):
                 for topic in topics:
-
-                    async def handler(msg: teb.Message, topic: str = topic) -> None:
-                        seen[topic].append(msg.data.decode())
-                        counter.hit()
-
-                    await bus.subscribe(topic, handler)
-                for i in range(20):
-                    for topic in topics:
-                        await bus.publish(topic, topic.encode(), key=f"k{i}")
-                await counter.done.wait()
-                await bus.flush()
+                    await bus.publish(topic, topic.encode(), key=f"k{i}")
+            await counter.done.wait()
+            await bus.flush()
         for topic in topics:
             assert seen[topic] == [topic] * 20
 
@@ -142,24 +142,24 @@ class BackendConformance:
         last: dict[str, int] = {}
         violations = 0
         counter = Counter(100 * 100)
-        with trio.fail_after(case.timeout * 2):
-            async with open_watched_bus(case, teb.BusOptions(lanes=16, lane_buffer=32)) as bus:
+        options = teb.BusOptions(lanes=16, lane_buffer=32)
+        async with running(case, timeout_factor=2), open_watched_bus(case, options) as bus:
 
-                async def handler(env: teb.Envelope) -> None:
-                    nonlocal violations
-                    n = seq_of(env)
-                    if last.get(env.aggregate_id, -1) != n - 1:
-                        violations += 1
-                    last[env.aggregate_id] = n
-                    if n % 3 == 0:
-                        await trio.lowlevel.checkpoint()  # interleave lanes
-                    counter.hit()
+            async def handler(env: teb.Envelope) -> None:
+                nonlocal violations
+                n = seq_of(env)
+                if last.get(env.aggregate_id, -1) != n - 1:
+                    violations += 1
+                last[env.aggregate_id] = n
+                if n % 3 == 0:
+                    await trio.lowlevel.checkpoint()  # interleave lanes
+                counter.hit()
 
-                await bus.subscribe_envelope(topic, handler)
-                for n in range(100):
-                    for a in range(100):
-                        await bus.publish_envelope(topic, envelope(f"order-{a}", n))
-                await counter.done.wait()
+            await bus.subscribe_envelope(topic, handler)
+            for n in range(100):
+                for a in range(100):
+                    await bus.publish_envelope(topic, envelope(f"order-{a}", n))
+            await counter.done.wait()
         assert violations == 0
         assert last == {f"order-{a}": 99 for a in range(100)}
 
@@ -169,16 +169,15 @@ class BackendConformance:
         topic = unique_topic(case, "raw")
         got: list[teb.Message] = []
         arrived = trio.Event()
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as bus:
+        async with running(case), open_watched_bus(case) as bus:
 
-                async def handler(msg: teb.Message) -> None:
-                    got.append(msg)
-                    arrived.set()
+            async def handler(msg: teb.Message) -> None:
+                got.append(msg)
+                arrived.set()
 
-                await bus.subscribe(topic, handler)
-                await bus.publish(topic, b"\x00\x01binary", key="user-7", headers={"k": "v"}, message_id="m-1")
-                await arrived.wait()
+            await bus.subscribe(topic, handler)
+            await bus.publish(topic, b"\x00\x01binary", key="user-7", headers={"k": "v"}, message_id="m-1")
+            await arrived.wait()
         (msg,) = got
         assert (msg.topic, msg.data, msg.key, msg.message_id, msg.delivery_attempt) == (
             topic,
@@ -197,20 +196,19 @@ class BackendConformance:
         topic = unique_topic(case, f"retry-{strategy}")
         attempts: dict[str, list[int]] = defaultdict(list)
         counter = Counter(10)
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case, teb.BusOptions(retry=fast_retry(5, strategy))) as bus:
+        async with running(case), open_watched_bus(case, teb.BusOptions(retry=fast_retry(5, strategy))) as bus:
 
-                async def handler(msg: teb.Message) -> None:
-                    attempts[msg.data.decode()].append(msg.delivery_attempt)
-                    if len(attempts[msg.data.decode()]) < 3:
-                        raise RuntimeError("not yet")
-                    counter.hit()
+            async def handler(msg: teb.Message) -> None:
+                attempts[msg.data.decode()].append(msg.delivery_attempt)
+                if len(attempts[msg.data.decode()]) < 3:
+                    raise RuntimeError("not yet")
+                counter.hit()
 
-                await bus.subscribe(topic, handler)
-                for i in range(10):
-                    await bus.publish(topic, b"m%d" % i, key=f"k{i}")
-                await counter.done.wait()
-                stats = bus.statistics()
+            await bus.subscribe(topic, handler)
+            for i in range(10):
+                await bus.publish(topic, b"m%d" % i, key=f"k{i}")
+            await counter.done.wait()
+            stats = bus.statistics()
         assert all(seq == [1, 2, 3] for seq in attempts.values()), attempts
         assert len(attempts) == 10
         assert (stats.handler_errors, stats.retries, stats.dead_lettered) == (20, 20, 0)
@@ -236,19 +234,18 @@ class BackendConformance:
         retry = teb.RetryPolicy(max_attempts=2, initial_backoff=delay, max_backoff=delay, strategy="redeliver")
         seen: dict[int, list[float]] = defaultdict(list)
         counter = Counter(5)
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case, teb.BusOptions(retry=retry)) as bus:
+        async with running(case), open_watched_bus(case, teb.BusOptions(retry=retry)) as bus:
 
-                async def handler(msg: teb.Message) -> None:
-                    seen[int(msg.data)].append(trio.current_time())
-                    if msg.delivery_attempt == 1:
-                        raise RuntimeError("again later")
-                    counter.hit()
+            async def handler(msg: teb.Message) -> None:
+                seen[int(msg.data)].append(trio.current_time())
+                if msg.delivery_attempt == 1:
+                    raise RuntimeError("again later")
+                counter.hit()
 
-                await bus.subscribe(topic, handler)
-                for i in range(5):
-                    await bus.publish(topic, b"%d" % i, key=f"k{i}")
-                await counter.done.wait()
+            await bus.subscribe(topic, handler)
+            for i in range(5):
+                await bus.publish(topic, b"%d" % i, key=f"k{i}")
+            await counter.done.wait()
         gaps = [times[1] - times[0] for times in seen.values()]
         assert len(gaps) == 5
         assert all(len(times) == 2 for times in seen.values()), seen
@@ -268,28 +265,27 @@ class BackendConformance:
         got_dead = trio.Event()
         good = Counter(2)
         calls = 0
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case, teb.BusOptions(retry=fast_retry(3))) as bus:
+        async with running(case), open_watched_bus(case, teb.BusOptions(retry=fast_retry(3))) as bus:
 
-                async def handler(msg: teb.Message) -> None:
-                    nonlocal calls
-                    if msg.data == b"poison":
-                        calls += 1
-                        raise ValueError("cannot digest\nthis")
-                    good.hit()
+            async def handler(msg: teb.Message) -> None:
+                nonlocal calls
+                if msg.data == b"poison":
+                    calls += 1
+                    raise ValueError("cannot digest\nthis")
+                good.hit()
 
-                async def on_dead(msg: teb.Message) -> None:
-                    dead.append(msg)
-                    got_dead.set()
+            async def on_dead(msg: teb.Message) -> None:
+                dead.append(msg)
+                got_dead.set()
 
-                await bus.subscribe(topic, handler)
-                await bus.subscribe(topic + ".dlq", on_dead)
-                await bus.publish(topic, b"ok-1", key="a")
-                await bus.publish(topic, b"poison", key="a", headers={"X-Custom": "kept"})
-                await bus.publish(topic, b"ok-2", key="a")
-                await got_dead.wait()
-                await good.done.wait()
-                stats = bus.statistics()
+            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic + ".dlq", on_dead)
+            await bus.publish(topic, b"ok-1", key="a")
+            await bus.publish(topic, b"poison", key="a", headers={"X-Custom": "kept"})
+            await bus.publish(topic, b"ok-2", key="a")
+            await got_dead.wait()
+            await good.done.wait()
+            stats = bus.statistics()
         assert calls == 3
         assert len(dead) == 1
         msg = dead[0]
@@ -310,23 +306,22 @@ class BackendConformance:
         dead: list[teb.Message] = []
         got_dead = trio.Event()
         good = trio.Event()
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as bus:
+        async with running(case), open_watched_bus(case) as bus:
 
-                async def handler(env: teb.Envelope) -> None:
-                    good.set()
+            async def handler(env: teb.Envelope) -> None:
+                good.set()
 
-                async def on_dead(msg: teb.Message) -> None:
-                    dead.append(msg)
-                    got_dead.set()
+            async def on_dead(msg: teb.Message) -> None:
+                dead.append(msg)
+                got_dead.set()
 
-                await bus.subscribe_envelope(topic, handler)
-                await bus.subscribe(topic + ".dlq", on_dead)
-                await bus.publish(topic, b"\xff not json", key="x")
-                await bus.publish_envelope(topic, envelope("x", 1))
-                await got_dead.wait()
-                await good.wait()
-                stats = bus.statistics()
+            await bus.subscribe_envelope(topic, handler)
+            await bus.subscribe(topic + ".dlq", on_dead)
+            await bus.publish(topic, b"\xff not json", key="x")
+            await bus.publish_envelope(topic, envelope("x", 1))
+            await got_dead.wait()
+            await good.wait()
+            stats = bus.statistics()
         assert [m.data for m in dead] == [b"\xff not json"]
         assert dead[0].headers["X-DLQ-Reason"] == "undecodable"
         assert dead[0].headers["X-DLQ-Error"].startswith("InvalidEnvelopeError")
@@ -342,19 +337,23 @@ class BackendConformance:
         topic = unique_topic(case, "groups")
         seen: dict[str, list[int]] = defaultdict(list)
         total = Counter(2 * 200)
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as a, open_watched_bus(case) as b, open_watched_bus(case) as c:
-                for bus, group, name in ((a, "g1", "a"), (b, "g2", "b"), (c, "g2", "c")):
+        async with (
+            running(case),
+            open_watched_bus(case) as a,
+            open_watched_bus(case) as b,
+            open_watched_bus(case) as c,
+        ):
+            for bus, group, name in ((a, "g1", "a"), (b, "g2", "b"), (c, "g2", "c")):
 
-                    async def handler(msg: teb.Message, name: str = name) -> None:
-                        seen[name].append(int(msg.data))
-                        total.hit()
+                async def handler(msg: teb.Message, name: str = name) -> None:
+                    seen[name].append(int(msg.data))
+                    total.hit()
 
-                    await bus.subscribe(topic, handler, group=group)
-                for i in range(200):
-                    await a.publish(topic, b"%d" % i, key=f"k{i % 10}")
-                await a.flush()
-                await total.done.wait()
+                await bus.subscribe(topic, handler, group=group)
+            for i in range(200):
+                await a.publish(topic, b"%d" % i, key=f"k{i % 10}")
+            await a.flush()
+            await total.done.wait()
         assert sorted(seen["a"]) == list(range(200))
         assert sorted(seen["b"] + seen["c"]) == list(range(200))
 
@@ -365,21 +364,20 @@ class BackendConformance:
         topic = unique_topic(case, "dedupe")
         got: list[bytes] = []
         last = trio.Event()
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as bus:
-                await bus.configure_topic(topic, teb.TopicOptions(duplicate_window=60))
+        async with running(case), open_watched_bus(case) as bus:
+            await bus.configure_topic(topic, teb.TopicOptions(duplicate_window=60))
 
-                async def handler(msg: teb.Message) -> None:
-                    got.append(msg.data)
-                    if msg.data == b"last":
-                        last.set()
+            async def handler(msg: teb.Message) -> None:
+                got.append(msg.data)
+                if msg.data == b"last":
+                    last.set()
 
-                await bus.subscribe(topic, handler)
-                for copy in range(3):
-                    await bus.publish(topic, b"once-%d" % copy, key="k", message_id="same-id", confirm=True)
-                await bus.publish(topic, b"last", key="k", message_id="other-id", confirm=True)
-                await last.wait()  # same key: delivered after any stored copy
-                stats = bus.statistics()
+            await bus.subscribe(topic, handler)
+            for copy in range(3):
+                await bus.publish(topic, b"once-%d" % copy, key="k", message_id="same-id", confirm=True)
+            await bus.publish(topic, b"last", key="k", message_id="other-id", confirm=True)
+            await last.wait()  # same key: delivered after any stored copy
+            stats = bus.statistics()
         assert got == [b"once-0", b"last"]
         assert stats.published == 4  # every copy is acknowledged
 
@@ -390,19 +388,18 @@ class BackendConformance:
         topic = unique_topic(case, "ephemeral")
         got: list[bytes] = []
         arrived = trio.Event()
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as bus:
-                await bus.configure_topic(topic, teb.TopicOptions(persistent=False))
-                assert not bus.topic_config(topic).persistent
-                await bus.publish(topic, b"nobody listens", key="k", confirm=True)
+        async with running(case), open_watched_bus(case) as bus:
+            await bus.configure_topic(topic, teb.TopicOptions(persistent=False))
+            assert not bus.topic_config(topic).persistent
+            await bus.publish(topic, b"nobody listens", key="k", confirm=True)
 
-                async def handler(msg: teb.Message) -> None:
-                    got.append(msg.data)
-                    arrived.set()
+            async def handler(msg: teb.Message) -> None:
+                got.append(msg.data)
+                arrived.set()
 
-                await bus.subscribe(topic, handler)
-                await bus.publish(topic, b"heard", key="k", confirm=True)
-                await arrived.wait()
+            await bus.subscribe(topic, handler)
+            await bus.publish(topic, b"heard", key="k", confirm=True)
+            await arrived.wait()
         assert got == [b"heard"]
 
     @lacking("ephemeral_topics")
@@ -410,11 +407,10 @@ class BackendConformance:
         """A backend without ephemeral topics refuses ``persistent=False`` instead of silently persisting."""
         case = backend_case
         topic = unique_topic(case, "no-ephemeral")
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as bus:
-                with pytest.raises(teb.InvalidOptionError):
-                    await bus.configure_topic(topic, teb.TopicOptions(persistent=False))
-                await bus.publish(topic + "-ok", b"the bus still works", confirm=True)
+        async with running(case), open_watched_bus(case) as bus:
+            with pytest.raises(teb.InvalidOptionError):
+                await bus.configure_topic(topic, teb.TopicOptions(persistent=False))
+            await bus.publish(topic + "-ok", b"the bus still works", confirm=True)
 
     # -- close and results -----------------------------------------------------------------------------------
 
@@ -426,41 +422,40 @@ class BackendConformance:
         handled: set[int] = set()
         first_batch = Counter(100)
         tasks_before = len(all_tasks())
-        with trio.fail_after(case.timeout * 2):
-            async with open_watched_bus(case) as pub:
-                results = pub.publish_results()
-                async with open_watched_bus(case, teb.BusOptions(close_timeout=5)) as bus:
+        async with running(case, timeout_factor=2), open_watched_bus(case) as pub:
+            results = pub.publish_results()
+            async with open_watched_bus(case, teb.BusOptions(close_timeout=5)) as bus:
 
-                    async def slow(env: teb.Envelope) -> None:
-                        await trio.lowlevel.checkpoint()
-                        handled.add(seq_of(env))
-                        first_batch.hit()
+                async def slow(env: teb.Envelope) -> None:
+                    await trio.lowlevel.checkpoint()
+                    handled.add(seq_of(env))
+                    first_batch.hit()
 
-                    await bus.subscribe_envelope(topic, slow, group="work")
-                    for i in range(1000):
-                        await pub.publish_envelope(topic, envelope(f"agg-{i % 13}", i))
-                    await first_batch.done.wait()
-                # the first bus is gone, and the leak watch saw its tasks end
-                with pytest.raises(teb.BusClosedError):
-                    await bus.publish(topic, b"x")
-                await pub.flush()
-                ok = 0
-                while ok < 1000:
-                    result = await results.receive()
-                    assert result.success, result
-                    ok += 1
-                rest = Counter(1000)
-                rest.hit(len(handled))
-                async with open_watched_bus(case) as bus2:
+                await bus.subscribe_envelope(topic, slow, group="work")
+                for i in range(1000):
+                    await pub.publish_envelope(topic, envelope(f"agg-{i % 13}", i))
+                await first_batch.done.wait()
+            # the first bus is gone, and the leak watch saw its tasks end
+            with pytest.raises(teb.BusClosedError):
+                await bus.publish(topic, b"x")
+            await pub.flush()
+            ok = 0
+            while ok < 1000:
+                result = await results.receive()
+                assert result.success, result
+                ok += 1
+            rest = Counter(1000)
+            rest.hit(len(handled))
+            async with open_watched_bus(case) as bus2:
 
-                    async def finish(env: teb.Envelope) -> None:
-                        handled.add(seq_of(env))
-                        rest.count = len(handled)
-                        if rest.count >= 1000:
-                            rest.done.set()
+                async def finish(env: teb.Envelope) -> None:
+                    handled.add(seq_of(env))
+                    rest.count = len(handled)
+                    if rest.count >= 1000:
+                        rest.done.set()
 
-                    await bus2.subscribe_envelope(topic, finish, group="work")
-                    await rest.done.wait()
+                await bus2.subscribe_envelope(topic, finish, group="work")
+                await rest.done.wait()
         assert handled == set(range(1000))
         assert len(all_tasks()) == tasks_before
 
@@ -468,7 +463,7 @@ class BackendConformance:
         """Publishing or subscribing on a closed bus raises BusClosedError, without awaiting anything."""
         case = backend_case
         topic = unique_topic(case, "closed")
-        with trio.fail_after(case.timeout):
+        async with running(case):
             async with open_watched_bus(case) as bus:
                 await bus.publish(topic, b"x")
             with pytest.raises(teb.BusClosedError):
@@ -491,13 +486,12 @@ class BackendConformance:
         async def handler(msg: teb.Message) -> None:
             return None
 
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as bus:
+        async with running(case), open_watched_bus(case) as bus:
+            await bus.subscribe(topic, handler)
+            with pytest.raises(teb.AlreadySubscribedError):
                 await bus.subscribe(topic, handler)
-                with pytest.raises(teb.AlreadySubscribedError):
-                    await bus.subscribe(topic, handler)
-                await bus.subscribe(topic, handler, group="other")
-                assert bus.statistics().subscriptions == 2
+            await bus.subscribe(topic, handler, group="other")
+            assert bus.statistics().subscriptions == 2
 
     async def test_exactly_one_publish_result_per_envelope(self, backend_case: BackendCase) -> None:
         """Every envelope gets exactly one PublishResult (channel and callback); the channel ends at close."""
@@ -507,14 +501,13 @@ class BackendConformance:
         received: list[teb.PublishResult] = []
         options = teb.BusOptions(on_publish_result=via_callback.append, results_buffer=16, publish_batch=7)
 
-        with trio.fail_after(case.timeout):
-            async with trio.open_nursery() as nursery, open_watched_bus(case, options) as bus:
-                nursery.start_soon(collect, bus.publish_results(), received)
-                sent = [envelope(f"agg-{i % 5}", i) for i in range(300)]
-                for env in sent:
-                    await bus.publish_envelope(topic, env)
-                await bus.publish(topic, b"raw messages get no result")
-                await bus.flush()
+        async with running(case), trio.open_nursery() as nursery, open_watched_bus(case, options) as bus:
+            nursery.start_soon(collect, bus.publish_results(), received)
+            sent = [envelope(f"agg-{i % 5}", i) for i in range(300)]
+            for env in sent:
+                await bus.publish_envelope(topic, env)
+            await bus.publish(topic, b"raw messages get no result")
+            await bus.flush()
             # leaving the bus ends the results channel, which ends the reader
         ids = [e.event_id for e in sent]
         assert sorted(r.event_id for r in received) == sorted(ids)
@@ -525,41 +518,39 @@ class BackendConformance:
         """confirm=True returns after the broker's ack: the outcome is already counted."""
         case = backend_case
         topic = unique_topic(case, "confirm")
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case) as bus:
-                for i in range(5):
-                    await bus.publish_envelope(topic, envelope("c", i), confirm=True)
-                    stats = bus.statistics()
-                    assert stats.published == i + 1
-                    assert stats.pending_publishes == 0
+        async with running(case), open_watched_bus(case) as bus:
+            for i in range(5):
+                await bus.publish_envelope(topic, envelope("c", i), confirm=True)
+                stats = bus.statistics()
+                assert stats.published == i + 1
+                assert stats.pending_publishes == 0
 
     async def test_oversize_and_bad_input_keep_bus_running(self, backend_case: BackendCase) -> None:
         """Bad input raises a typed error at the call, nothing is sent, and the bus keeps working."""
         case = backend_case
         topic = unique_topic(case, "bad")
         arrived = trio.Event()
-        with trio.fail_after(case.timeout):
-            async with open_watched_bus(case, teb.BusOptions(max_message_bytes=1000)) as bus:
+        async with running(case), open_watched_bus(case, teb.BusOptions(max_message_bytes=1000)) as bus:
 
-                async def handler(msg: teb.Message) -> None:
-                    assert msg.data == b"fine"
-                    arrived.set()
+            async def handler(msg: teb.Message) -> None:
+                assert msg.data == b"fine"
+                arrived.set()
 
-                with pytest.raises(teb.MessageTooLargeError):
-                    await bus.publish(topic, b"x" * 1001)
-                for bad_topic in ("", " ", "a b", "orders.*", "orders.>", "a..b", ".a", "x" * 250):
-                    with pytest.raises(teb.InvalidTopicError):
-                        await bus.publish(bad_topic, b"x")
-                with pytest.raises(teb.InvalidEnvelopeError):
-                    await bus.publish(topic, "text, not bytes")  # type: ignore[arg-type]
-                with pytest.raises(teb.InvalidEnvelopeError):
-                    await bus.publish_envelope(topic, b"not an envelope")  # type: ignore[arg-type]
-                with pytest.raises(teb.InvalidHandlerError):
-                    await bus.subscribe(topic, lambda msg: None)  # type: ignore[arg-type,return-value]
-                assert bus.statistics().published == 0
-                await bus.subscribe(topic, handler)
-                await bus.publish(topic, b"fine")
-                await arrived.wait()
+            with pytest.raises(teb.MessageTooLargeError):
+                await bus.publish(topic, b"x" * 1001)
+            for bad_topic in ("", " ", "a b", "orders.*", "orders.>", "a..b", ".a", "x" * 250):
+                with pytest.raises(teb.InvalidTopicError):
+                    await bus.publish(bad_topic, b"x")
+            with pytest.raises(teb.InvalidEnvelopeError):
+                await bus.publish(topic, "text, not bytes")  # type: ignore[arg-type]
+            with pytest.raises(teb.InvalidEnvelopeError):
+                await bus.publish_envelope(topic, b"not an envelope")  # type: ignore[arg-type]
+            with pytest.raises(teb.InvalidHandlerError):
+                await bus.subscribe(topic, lambda msg: None)  # type: ignore[arg-type,return-value]
+            assert bus.statistics().published == 0
+            await bus.subscribe(topic, handler)
+            await bus.publish(topic, b"fine")
+            await arrived.wait()
 
     # -- the broker goes away --------------------------------------------------------------------------------
 
