@@ -18,7 +18,7 @@ import trio
 
 import trio_eventbus as teb
 from trio_eventbus.testing._task_leaks import TaskLeakWatch, watch_task_leaks
-from trio_eventbus.testing.conformance import BackendCase, BackendConformance
+from trio_eventbus.testing.conformance import FEATURES, BackendCase, BackendConformance, skip_reason
 from trio_eventbus.testing.fixtures import restart_hook
 from trio_eventbus.testing.servers import KafkaServer, NatsServer
 
@@ -30,7 +30,8 @@ def _loop_for(bridge: str) -> Callable[[], AbstractAsyncContextManager[Any]] | N
     if bridge == "trio-asyncio":
         import trio_asyncio
 
-        return trio_asyncio.open_loop
+        open_loop: Callable[[], AbstractAsyncContextManager[Any]] = trio_asyncio.open_loop
+        return open_loop
     return None
 
 
@@ -179,3 +180,40 @@ async def test_leak_watch_ignores_tasks_of_buses_opened_before_it() -> None:
         async with watch_task_leaks(), teb.open_bus(teb.MemoryConfig()):
             earlier[0].start_soon(trio.sleep_forever, name="earlier-bus-fetcher")  # earlier_bus.subscribe(...)
         stop.set()
+
+
+# ------------------------------------------------------------------------------- the suite's own bookkeeping
+
+
+def test_every_feature_flag_gates_at_least_one_check() -> None:
+    checks = [getattr(BackendConformance, name) for name in dir(BackendConformance) if name.startswith("test_")]
+    used = {f for check in checks for f in getattr(check, "__teb_requires__", ())}
+    used |= {check.__teb_lacking__ for check in checks if hasattr(check, "__teb_lacking__")}
+    flags = {a.name for a in attrs.fields(teb.BackendFeatures)}
+    assert flags <= used, f"flags no check uses: {sorted(flags - used)}"
+    assert "restart" in used
+
+
+def test_a_lacking_feature_is_a_skip_with_the_backend_and_its_reason() -> None:
+    lacking_all = teb.BackendFeatures(
+        persistent=False,
+        consumer_groups=False,
+        ordered_per_key=False,
+        redelivers=False,
+        dedupes=False,
+        ephemeral_topics=False,
+    )
+    case = BackendCase("mine", teb.MemoryConfig, lacking_all, reasons={"dedupes": "no ids on my wire"})
+    gated = {
+        name: skip_reason(case, getattr(BackendConformance, name))
+        for name in dir(BackendConformance)
+        if name.startswith("test_")
+    }
+    assert gated["test_duplicate_message_id_is_stored_once"] == "mine lacks dedupes: no ids on my wire"
+    assert gated["test_per_key_order_across_lanes"] == f"mine lacks ordered_per_key: {FEATURES['ordered_per_key']}"
+    assert gated["test_broker_restart_loses_nothing_acknowledged"] == f"mine lacks restart: {FEATURES['restart']}"
+    assert gated["test_retry_redeliver_falls_back_in_place"] is None  # the fallback checks run here
+    assert gated["test_ephemeral_topic_refused_without_the_feature"] is None
+    assert gated["test_confirm_waits_for_ack"] is None  # ungated checks always run
+    with pytest.raises(ValueError, match="unknown features"):
+        BackendCase("mine", teb.MemoryConfig, lacking_all, reasons={"dedupe": "typo"})
