@@ -15,10 +15,19 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 import trio_eventbus as teb
 from trio_eventbus.testing._task_leaks import TaskLeakWatch, watch_task_leaks
-from trio_eventbus.testing.conformance import FEATURES, BackendCase, BackendConformance, skip_reason
+from trio_eventbus.testing.conformance import (
+    FEATURES,
+    BackendCase,
+    BackendConformance,
+    envelope,
+    restart_scenario,
+    skip_reason,
+)
+from trio_eventbus.testing.conformance._restart import _Tracker
 from trio_eventbus.testing.fixtures import restart_hook
 from trio_eventbus.testing.servers import KafkaServer, NatsServer
 
@@ -217,3 +226,31 @@ def test_a_lacking_feature_is_a_skip_with_the_backend_and_its_reason() -> None:
     assert gated["test_confirm_waits_for_ack"] is None  # ungated checks always run
     with pytest.raises(ValueError, match="unknown features"):
         BackendCase("mine", teb.MemoryConfig, lacking_all, reasons={"dedupe": "typo"})
+
+
+async def test_restart_scenario_figures_on_a_simulated_restart(autojump_clock: trio.testing.MockClock) -> None:
+    """The scenario's machinery on the memory broker with a restart hook that only takes (virtual) time."""
+
+    async def pause() -> None:
+        await trio.sleep(1)  # the broker's downtime, in virtual time
+
+    broker = teb.MemoryBroker()
+    case = BackendCase("memory", lambda: teb.MemoryConfig(broker=broker), teb.BackendFeatures(), restart=pause)
+    report = await restart_scenario(case)
+    assert (report.lost, report.duplicates, report.order_violations, report.failed) == (0, 0, 0, 0)
+    assert report.sent == report.acked == report.handled
+    assert report.sent_after == report.acked_after == 300
+    assert report.sent > 600  # some were published during the restart
+    assert report.restart_seconds == pytest.approx(1.0)
+
+
+async def test_restart_tracker_counts_duplicates_and_order_violations() -> None:
+    tracker = _Tracker()
+    for key, n in [("a", 0), ("a", 2), ("a", 0), ("b", 5), ("a", 1), ("a", 3)]:  # n: unique across keys
+        await tracker.handler(envelope(key, n))
+    assert tracker.deliveries - len(tracker.first) == 1  # ("a", 0) twice: a duplicate, not a violation
+    assert tracker.order_violations == 1  # ("a", 1) first seen after ("a", 2)
+    tracker.expect({0, 1, 2, 3, 5, 6})
+    assert not tracker.all_handled.is_set()
+    await tracker.handler(envelope("c", 6))
+    assert tracker.all_handled.is_set()

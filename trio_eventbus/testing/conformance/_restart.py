@@ -8,7 +8,8 @@ acknowledgement), and after it. Then it flushes and waits, bounded, until every 
 been handled.
 
 Figures (:class:`RestartReport`): ``sent`` (publishes accepted), ``acked`` / ``failed`` (their results),
-``acked_after`` (acknowledged publishes made after the restart returned), ``lost`` (acknowledged, never
+``sent_after`` / ``acked_after`` (publishes made after the restart returned, and how many of them were
+acknowledged), ``lost`` (acknowledged, never
 handled), ``duplicates`` (handled more than once: at-least-once allows them), ``order_violations`` (per key,
 a first delivery of an envelope after the first delivery of a later one of the same key; redeliveries of
 already-handled envelopes are duplicates, not violations).
@@ -40,6 +41,7 @@ class RestartReport:
     sent: int
     acked: int
     failed: int
+    sent_after: int
     acked_after: int
     handled: int
     lost: int
@@ -50,7 +52,7 @@ class RestartReport:
     def __str__(self) -> str:
         return (
             f"restart {self.backend}: sent={self.sent} acked={self.acked} failed={self.failed} "
-            f"acked_after_restart={self.acked_after} handled={self.handled} lost={self.lost} "
+            f"acked_after_restart={self.acked_after}/{self.sent_after} handled={self.handled} lost={self.lost} "
             f"duplicates={self.duplicates} order_violations={self.order_violations} "
             f"restart={self.restart_seconds:.1f}s"
         )
@@ -152,6 +154,7 @@ async def restart_scenario(case: BackendCase) -> RestartReport:
         sent=sent,
         acked=len(acked),
         failed=len(results) - len(acked),
+        sent_after=len(after),
         acked_after=len(acked & after),
         handled=len(tracker.first),
         lost=len(acked - tracker.first),
