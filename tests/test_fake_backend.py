@@ -20,8 +20,9 @@ def message(seq: int) -> OutgoingMessage:
 async def test_open_seam_holds_outcomes_until_released_in_any_order() -> None:
     backend = FakeBackend()
     send, receive = trio.open_memory_channel[Sequence[Outcome]](10)
+    states = [backend.running]
     async with backend.open(send):
-        assert backend.running
+        states.append(backend.running)
         await backend.send([message(1), message(2), message(3)])
         assert backend.held_seqs() == [1, 2, 3]
         with pytest.raises(trio.WouldBlock):
@@ -33,7 +34,8 @@ async def test_open_seam_holds_outcomes_until_released_in_any_order() -> None:
         assert [(list(o.seqs), o.error) for o in (*first, *second)] == [([3], None), ([1, 2], error)]
         with pytest.raises(KeyError):
             await backend.release([3])  # released twice: a bug in the test, loudly
-    assert not backend.running
+    states.append(backend.running)
+    assert states == [False, True, False]
     assert backend.batches == [3]
 
 
