@@ -28,6 +28,7 @@ async def test_concurrent_first_publishes_provision_the_topic_once() -> None:
             assert backend.sent == []
             gate.set()
         assert backend.ensure_calls["new"] == 1
+        await backend.wait_sent(10)  # the publishes returned once queued; the publisher task sends them
         assert len(backend.sent) == 10
         await bus.publish("new", b"later", confirm=True)  # a ready topic: no further call
         assert backend.ensure_calls["new"] == 1
