@@ -1,7 +1,11 @@
 """Testing support: the backend conformance suite, local broker management and pytest fixtures.
 
-- :mod:`trio_eventbus.testing.conformance`: one suite of behaviour checks every backend must pass, selected
-  by its :class:`~trio_eventbus.BackendFeatures`.
+- :mod:`trio_eventbus.testing.conformance`: one suite of behaviour checks every backend must pass, as a class
+  (``BackendConformance``) a backend's tests subclass; its :class:`~trio_eventbus.BackendFeatures` select the
+  checks, and a lacking feature is a skip with the reason.
+- :mod:`trio_eventbus.testing.fake`: ``FakeBackend``, a scriptable double of the backend seam whose broker
+  acks only when the test releases them (for tests of the bus's own machinery; applications use the memory
+  backend).
 - :mod:`trio_eventbus.testing.servers`: start/stop real ``nats-server`` and Kafka processes (stdlib only).
 - :mod:`trio_eventbus.testing.fixtures`: pytest fixtures over those servers.
 - :func:`all_tasks`: every task of the current Trio run (for "no task left behind" checks).

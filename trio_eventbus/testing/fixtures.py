@@ -26,16 +26,18 @@ step, never a skip):
     A private broker whose ``bootstrap`` is SASL_PLAINTEXT/PLAIN with the user ``teb``/``teb-secret``
     (``.sasl_users``). Do not restart it (shared by the session).
 
-From a Trio test, call the blocking ``stop``/``start``/``restart`` through ``trio.to_thread.run_sync``.
+From a Trio test, call the blocking ``stop``/``start``/``restart`` through ``trio.to_thread.run_sync``, or
+use :func:`restart_hook` (an async callable, e.g. the ``restart`` of a conformance ``BackendCase``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import pytest
+import trio
 
 from trio_eventbus.testing.servers import BrokerStartError, KafkaServer, NatsServer
 
@@ -50,6 +52,7 @@ __all__ = [
     "nats_auth_server",
     "nats_server",
     "nats_url",
+    "restart_hook",
 ]
 
 NATS_AUTH_USER = "teb"
@@ -70,6 +73,16 @@ def _started(server: _S) -> _S:
         return server
     server.close()
     pytest.fail(message, pytrace=False)  # outside the except block: no chained traceback in the report
+
+
+def restart_hook(server: NatsServer | KafkaServer) -> Callable[[], Awaitable[None]]:
+    """An async callable that restarts ``server`` (stop, then start on the same ports and store) in a worker
+    thread, so only the awaiting task waits; a failed start raises :class:`BrokerStartError`."""
+
+    async def restart() -> None:
+        await trio.to_thread.run_sync(server.restart)
+
+    return restart
 
 
 def _serve(server: _S) -> Iterator[_S]:
