@@ -27,6 +27,7 @@ from trio_eventbus.backends.nats.config import NatsConfig
 from trio_eventbus.testing import all_tasks
 from trio_eventbus.testing.conformance import envelope, seq_of
 from trio_eventbus.testing.fixtures import NATS_AUTH_PASSWORD, NATS_AUTH_USER
+from trio_eventbus.testing.leaks import no_task_leaks
 from trio_eventbus.testing.servers import NatsServer, free_port
 
 pytestmark = pytest.mark.nats
@@ -374,12 +375,13 @@ async def test_outer_cancellation_is_a_hard_stop_that_loses_nothing(nats_url: st
                 await trio.sleep_forever()  # handlers busy when the cancellation arrives
             handled.add(seq_of(env))
 
-        with trio.CancelScope() as scope:
+        with no_task_leaks() as tasks, trio.CancelScope() as scope:
             async with teb.open_bus(config(nats_url)) as bus:
                 await bus.subscribe_envelope(topic, stuck, group="g")
                 await started.wait()
                 scope.cancel()
         assert scope.cancelled_caught
+        assert any(t.name == "teb-nats-ack-handler" for t in tasks.spawned)  # the check saw the backend's tasks
         assert len(bridge_threads()) == threads_before
 
         async def finish(env: teb.Envelope) -> None:
