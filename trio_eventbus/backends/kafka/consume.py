@@ -324,6 +324,11 @@ class GroupConsumer:
             logger.warning("final commit of group %r timed out", self.name)
         await self._bridge.run(self._aio.stop)
 
+    async def aio_stop(self) -> None:
+        """Loop thread: stop the aiokafka consumer if :meth:`close` did not get to it (idempotent)."""
+        if self._aio is not None:
+            await self._aio.stop()
+
     # -- tasks -----------------------------------------------------------------------------------------
 
     async def _fetch_and_feed(self) -> None:
