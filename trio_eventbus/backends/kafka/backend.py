@@ -94,7 +94,8 @@ from ..._exceptions import (
 from ..._options import TopicOptions
 from .._bridge.bridge import BatchPipe, Bridge, BridgeError, open_bridge
 from .config import KafkaConfig
-from .consume import GroupConsumer, _Partition
+from .consume import GroupConsumer
+from .partition import Partition
 from .publish import AioPublisher
 
 __all__ = ["KafkaBackend", "KafkaConfig"]
@@ -547,7 +548,7 @@ class KafkaBackend:
     def settle(self, delivery: Delivery, disposition: Disposition, delay: float = 0.0) -> None:
         """ACK/TERM: the offset may be committed once every earlier one is. NAK: never commit past it; while
         the bus runs, the partition is fetched again from it after ``delay`` (see ``kafka.consume``)."""
-        token: tuple[_Partition, int] = delivery.token  # type: ignore[assignment]
+        token: tuple[Partition, int] = delivery.token  # type: ignore[assignment]
         token[0].settle(token[1], disposition is not Disposition.NAK, delay)
 
     # -- introspection ---------------------------------------------------------------------------------
