@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 import trio_eventbus as teb
+from trio_eventbus._abc import CLOSE_DEADLINE, HARD_STOP_GRACE, exit_scope
 from trio_eventbus.backends.memory import MemoryBackend
 from trio_eventbus.testing import all_tasks, collect
 from trio_eventbus.testing.leaks import no_task_leaks
@@ -448,3 +449,22 @@ async def test_task_leak_check_fails_for_a_live_task() -> None:
         with pytest.raises(AssertionError, match=r"1 task\(s\) spawned in the block are still alive: sleeper"):
             spawn_in_check(nursery)
         nursery.cancel_scope.cancel()
+
+
+async def test_backend_exit_scope_is_shielded_and_takes_the_hard_stop_grace_under_cancellation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    with exit_scope() as graceful:
+        await trio.sleep(CLOSE_DEADLINE + 1)
+    assert graceful.cancelled_caught
+    assert trio.current_time() - start == pytest.approx(CLOSE_DEADLINE)
+    with trio.CancelScope() as outer:
+        outer.cancel()
+        start = trio.current_time()
+        with exit_scope() as hard:
+            await trio.sleep(HARD_STOP_GRACE + 1)  # shielded from the outer cancellation, not from its deadline
+        assert hard.cancelled_caught
+        assert trio.current_time() - start == pytest.approx(HARD_STOP_GRACE)
+        await trio.lowlevel.checkpoint()
+    assert outer.cancelled_caught
