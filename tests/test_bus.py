@@ -4,14 +4,18 @@ results, statistics, bad input, memory broker semantics, and the public exports.
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 
 import trio_eventbus as teb
+from trio_eventbus._abc import CLOSE_DEADLINE, HARD_STOP_GRACE, exit_scope
 from trio_eventbus.backends.memory import MemoryBackend
 from trio_eventbus.testing import all_tasks, collect
+from trio_eventbus.testing.leaks import no_task_leaks
 
 
 def env(aggregate: str, n: int) -> teb.Envelope:
@@ -131,18 +135,19 @@ async def test_hard_stop_naks_unhandled_messages_for_redelivery() -> None:
 async def test_close_timeout_cancels_stuck_handlers(autojump_clock: trio.testing.MockClock) -> None:
     broker = teb.MemoryBroker()
     started = trio.Event()
-    async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=3)) as bus:
+    with no_task_leaks() as tasks:
+        async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=3)) as bus:
 
-        async def stuck(msg: teb.Message) -> None:
-            started.set()
-            await trio.sleep_forever()
+            async def stuck(msg: teb.Message) -> None:
+                started.set()
+                await trio.sleep_forever()
 
-        await bus.subscribe("t", stuck)
-        await bus.publish("t", b"x")
-        await started.wait()
-        closing_at = trio.current_time()
+            await bus.subscribe("t", stuck)
+            await bus.publish("t", b"x")
+            await started.wait()
+            closing_at = trio.current_time()
     assert trio.current_time() - closing_at == pytest.approx(3.0, abs=0.01)
-    assert bus.statistics().tasks_alive == 0
+    assert len(tasks.spawned) >= 4 + 16 + 3  # lanes, workers, publisher, results, fetcher: all gone
     assert broker.topic_statistics("t")["pending[default]"] == 1  # nak'ed, waiting for a new subscriber
 
 
@@ -174,8 +179,10 @@ async def test_exception_in_block_comes_out_as_itself_after_graceful_close() -> 
 class _Unreachable:
     def create_backend(self) -> teb.Backend:
         class Failing(MemoryBackend):
-            async def start(self, nursery: trio.Nursery, outcomes: object) -> None:  # type: ignore[override]
+            @asynccontextmanager
+            async def open(self, outcomes: object) -> AsyncIterator[None]:  # type: ignore[override]
                 raise teb.BackendUnavailable("broker down")
+                yield  # an async generator
 
         return Failing(teb.MemoryBroker(), 10)
 
@@ -236,7 +243,7 @@ async def test_statistics_and_repr_show_live_state() -> None:
             await trio.testing.wait_all_tasks_blocked()
             stats = bus.statistics()
             assert (stats.in_flight, stats.lanes_busy, stats.lane_depth_max) == (1, 1, 2)
-            assert stats.tasks_alive >= 4 + 16 + 2  # lanes, workers, publisher, results (+ fetcher)
+            assert stats.tasks_alive >= 4 + 16 + 1  # lanes, workers, publisher
             assert "in_flight=1" in repr(bus)
             assert "open" in repr(bus)
             gate.set()
@@ -401,3 +408,63 @@ async def test_publishes_unanswered_at_close_get_failed_results(autojump_clock: 
     assert [r.success for r in got] == [True, False, False]
     assert all(isinstance(r.error, teb.PublishError) for r in got[1:])
     assert (stats.published, stats.publish_failed, stats.pending_publishes) == (1, 2, 0)
+
+
+async def test_task_alive_after_graceful_close_is_a_resource_warning(autojump_clock: trio.testing.MockClock) -> None:
+    """A handler that shields itself from the close deadline's cancellation keeps its lane task alive: the
+    bus names it in a ResourceWarning (an error under ``filterwarnings = error``) instead of hiding it."""
+    broker = teb.MemoryBroker()
+    started = trio.Event()
+    finished: list[float] = []
+
+    async def stubborn(msg: teb.Message) -> None:
+        started.set()
+        with trio.CancelScope(shield=True):
+            await trio.sleep(100)  # ignores the cancellation at the close deadline
+        finished.append(trio.current_time())
+
+    closing_at: list[float] = []
+
+    async def run_bus() -> None:
+        async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=1)) as bus:
+            await bus.subscribe("t", stubborn)
+            await bus.publish("t", b"x", key="k")
+            await started.wait()
+            closing_at.append(trio.current_time())
+
+    with no_task_leaks(), pytest.warns(ResourceWarning, match=r"1 bus task\(s\) still alive .*teb-lane-"):
+        await run_bus()
+    assert finished  # the bus waited for the task, it did not abandon it
+    assert trio.current_time() - closing_at[0] == pytest.approx(100.0, abs=0.01)
+
+
+async def test_task_leak_check_fails_for_a_live_task() -> None:
+    """The leak check itself can fail: a task spawned in the block and alive at its end is named."""
+
+    def spawn_in_check(nursery: trio.Nursery) -> None:
+        with no_task_leaks():
+            nursery.start_soon(trio.sleep_forever, name="sleeper")
+
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(AssertionError, match=r"1 task\(s\) spawned in the block are still alive: sleeper"):
+            spawn_in_check(nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def test_backend_exit_scope_is_shielded_and_takes_the_hard_stop_grace_under_cancellation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    with exit_scope() as graceful:
+        await trio.sleep(CLOSE_DEADLINE + 1)
+    assert graceful.cancelled_caught
+    assert trio.current_time() - start == pytest.approx(CLOSE_DEADLINE)
+    with trio.CancelScope() as outer:
+        outer.cancel()
+        start = trio.current_time()
+        with exit_scope() as hard:
+            await trio.sleep(HARD_STOP_GRACE + 1)  # shielded from the outer cancellation, not from its deadline
+        assert hard.cancelled_caught
+        assert trio.current_time() - start == pytest.approx(HARD_STOP_GRACE)
+        await trio.lowlevel.checkpoint()
+    assert outer.cancelled_caught

@@ -23,10 +23,12 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 import trio_eventbus as teb
+from trio_eventbus.backends._bridge.bridge import application_loop
 from trio_eventbus.backends.nats.config import NatsConfig
 from trio_eventbus.testing import all_tasks
 from trio_eventbus.testing.conformance import envelope, seq_of
 from trio_eventbus.testing.fixtures import NATS_AUTH_PASSWORD, NATS_AUTH_USER
+from trio_eventbus.testing.leaks import no_task_leaks
 from trio_eventbus.testing.servers import NatsServer, free_port
 
 pytestmark = pytest.mark.nats
@@ -356,39 +358,52 @@ async def test_server_restart_mid_stream_every_envelope_is_handled(nats_server: 
     assert stats.backend["connection"] == "connected"
 
 
-async def test_outer_cancellation_is_a_hard_stop_that_loses_nothing(nats_url: str) -> None:
+@pytest.mark.parametrize("bridge", ["thread", "trio-asyncio"])
+async def test_outer_cancellation_is_a_hard_stop_that_loses_nothing(nats_url: str, bridge: str) -> None:
+    """Handled messages stay acked (their acks are flushed within the hard-stop grace: none comes again);
+    the ones the handlers held are nak'ed and come again at once; no task or thread is left."""
     topic = topic_name("hardstop")
     total = 500
     handled = Seen()
     started = trio.Event()
     threads_before = len(bridge_threads())
     with trio.fail_after(60):
-        async with teb.open_bus(config(nats_url)) as pub:
-            for i in range(total):
-                await pub.publish_envelope(topic, envelope(f"agg-{i % 7}", i))
-            await pub.flush()
-
-        async def stuck(env: teb.Envelope) -> None:
-            if len(handled.distinct) >= 100:
-                started.set()
-                await trio.sleep_forever()  # handlers busy when the cancellation arrives
-            handled.add(seq_of(env))
-
-        with trio.CancelScope() as scope:
-            async with teb.open_bus(config(nats_url)) as bus:
-                await bus.subscribe_envelope(topic, stuck, group="g")
-                await started.wait()
-                scope.cancel()
-        assert scope.cancelled_caught
-        assert len(bridge_threads()) == threads_before
-
-        async def finish(env: teb.Envelope) -> None:
-            handled.add(seq_of(env))
-
-        async with teb.open_bus(config(nats_url)) as again:
-            await again.subscribe_envelope(topic, finish, group="g")
-            await handled.wait(total)  # nak'ed at the hard stop: redelivered at once, not after ack_wait
+        async with application_loop(bridge):
+            await _hard_stop_then_finish(config(nats_url, bridge=bridge), topic, total, handled, started)
     assert handled.distinct == set(range(total))
+    assert len(handled.all) == total  # nothing handled before the hard stop was delivered again
+    assert len(bridge_threads()) == threads_before
+
+
+async def _hard_stop_then_finish(cfg: NatsConfig, topic: str, total: int, handled: Seen, started: trio.Event) -> None:
+    """Publish ``total``, hard-stop a bus whose handlers got stuck after 100, finish with another bus."""
+    threads_before = len(bridge_threads())
+    async with teb.open_bus(cfg) as pub:
+        for i in range(total):
+            await pub.publish_envelope(topic, envelope(f"agg-{i % 7}", i))
+        await pub.flush()
+
+    async def stuck(env: teb.Envelope) -> None:
+        if len(handled.distinct) >= 100:
+            started.set()
+            await trio.sleep_forever()  # handlers busy when the cancellation arrives
+        handled.add(seq_of(env))
+
+    with no_task_leaks() as tasks, trio.CancelScope() as scope:
+        async with teb.open_bus(cfg) as bus:
+            await bus.subscribe_envelope(topic, stuck, group="g")
+            await started.wait()
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert any(t.name == "teb-nats-ack-handler" for t in tasks.spawned)  # the check saw the backend's tasks
+    assert len(bridge_threads()) == threads_before
+
+    async def finish(env: teb.Envelope) -> None:
+        handled.add(seq_of(env))
+
+    async with teb.open_bus(cfg) as again:
+        await again.subscribe_envelope(topic, finish, group="g")
+        await handled.wait(total)  # nak'ed at the hard stop: redelivered at once, not after ack_wait
 
 
 async def test_bus_fails_when_the_client_gives_up_reconnecting(nats_server: NatsServer) -> None:

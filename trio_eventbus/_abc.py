@@ -6,7 +6,7 @@ letters, publish results). The contract, which the conformance suite in :mod:`tr
 Publishing
     :meth:`Backend.send` hands a batch of :class:`OutgoingMessage` to the broker (one bridge crossing per
     batch) and returns without waiting for broker acks. For every message the backend later reports exactly
-    one verdict on the ``outcomes`` channel given to :meth:`Backend.start`: an :class:`Outcome` names one or
+    one verdict on the ``outcomes`` channel given to :meth:`Backend.open`: an :class:`Outcome` names one or
     many messages (``seqs``) that share a verdict (``error=None``: stored), so a batch acknowledged at once
     costs one object, not one per message. Every message appears in exactly one Outcome; batches may come in
     any order. Messages of one ``send`` call to one topic and key are stored in order. If ``send`` raises, the
@@ -24,16 +24,34 @@ Consuming
     schedule and say so with ``features.redelivers``); ``attempt`` of a redelivered message is one higher.
 
 Lifecycle
-    ``start`` connects (raising :class:`BackendUnavailable` on failure) and starts the backend's own tasks in
-    the bus's nursery. ``stop_consuming`` stops every fetcher; after it returns the sink is not called again.
-    ``close`` delivers outstanding outcomes and settlements, then closes the connection; the backend's tasks
-    end by themselves. Both are awaited by the bus inside shielded scopes with a deadline.
+    A backend's lifetime is the block of :meth:`Backend.open`, an async context manager the bus nests inside
+    (results task → ``async with backend.open(outcomes)`` → the bus's publisher, lanes and workers → the
+    user's block), so shutdown order is the nesting order. Entering connects (raising
+    :class:`BackendUnavailable` on failure) and starts the backend's own tasks (ack handler, fetchers) in a
+    nursery the context manager owns; a failure of one of them cancels the block and comes out of ``open``.
+    ``stop_consuming`` (awaited by the bus at the start of a graceful close) stops every fetcher; after it
+    returns the sink is not called again.
+
+    Exit (normal, error or cancellation) runs in :func:`exit_scope`: shielded, with a deadline of
+    :data:`CLOSE_DEADLINE` seconds, or :data:`HARD_STOP_GRACE` seconds when the exit runs because of an outer
+    cancellation (the bus's hard stop; the one grace of a hard stop, for every backend). It stops consuming,
+    naks every delivery the bus never settled, sends every queued settlement, waits for the broker's answer
+    to every message handed to ``send`` (as long as the deadline allows) and puts every outstanding outcome on
+    ``outcomes``, then closes the connection; when the block is left, no task and no thread of the backend
+    remains. Under a hard stop the backend's own tasks are already cancelled, so the exit forwards outcomes
+    and flushes settlements inline instead of relying on them. ``outcomes`` is never closed by the backend:
+    the bus closes it after the block; a message whose outcome never arrived gets a failed result from the
+    bus. Cancellation inside the block (the bus's hard stop) never loses an ack of a handled message that was
+    settled before it, unless the broker cannot take it within the grace (then it is redelivered: at least
+    once).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import attrs
@@ -43,6 +61,8 @@ from ._envelope import Envelope
 from ._options import TopicOptions
 
 __all__ = [
+    "CLOSE_DEADLINE",
+    "HARD_STOP_GRACE",
     "Backend",
     "BackendFeatures",
     "Delivery",
@@ -50,7 +70,26 @@ __all__ = [
     "Disposition",
     "Outcome",
     "OutgoingMessage",
+    "exit_scope",
 ]
+
+#: Seconds a backend's exit may take after a graceful close (flushing acks and outcomes, closing the
+#: connection) before it is cut short.
+CLOSE_DEADLINE = 10.0
+#: Seconds a backend's exit may take after an outer cancellation (the bus's hard stop): the one grace of a
+#: hard stop, in which acks of handled messages and the outcomes already known are still delivered.
+HARD_STOP_GRACE = 3.0
+
+
+def exit_scope() -> trio.CancelScope:
+    """The shielded scope a backend's exit runs in: ``CLOSE_DEADLINE`` seconds from now, or
+    ``HARD_STOP_GRACE`` seconds when the calling task is being cancelled (the bus's hard stop).
+
+    Steps inside it may read ``scope.deadline`` to bound waits on the asyncio side. Code after the scope runs
+    even if the deadline cut it short (then outcomes still missing are reported failed by the bus).
+    """
+    hard = trio.current_effective_deadline() == -math.inf
+    return trio.CancelScope(shield=True, deadline=trio.current_time() + (HARD_STOP_GRACE if hard else CLOSE_DEADLINE))
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -127,8 +166,14 @@ class Backend(Protocol):
 
     features: BackendFeatures
 
-    async def start(self, nursery: trio.Nursery, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> None:
-        """Connect and start background tasks in ``nursery``; return when ready."""
+    def open(self, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> AbstractAsyncContextManager[None]:
+        """Connect (:class:`BackendUnavailable` on failure) and run the backend's own tasks for the block.
+
+        On exit (normal, error or cancellation) stop consuming, deliver every outstanding outcome on
+        ``outcomes`` and every settlement, close the connection: shielded and bounded by :func:`exit_scope`.
+        ``outcomes`` is not closed by the backend. See "Lifecycle" in the module docstring.
+        """
+        ...
 
     async def ensure_topic(self, topic: str, options: TopicOptions) -> None:
         """Create the topic, or check/update an existing one, per ``options``."""
@@ -143,10 +188,8 @@ class Backend(Protocol):
         """Ack, nak (redeliver after ``delay`` seconds) or term one delivery. Never blocks."""
 
     async def stop_consuming(self) -> None:
-        """Stop every fetcher; the sinks are not called after this returns."""
-
-    async def close(self) -> None:
-        """Flush outcomes and settlements, then close the connection."""
+        """Stop every fetcher; the sinks are not called after this returns. Idempotent; the exit of
+        :meth:`open` does it too (the bus awaits it first on a graceful close, so lanes can drain)."""
 
     def statistics(self) -> dict[str, object]:
         """Backend-specific live figures (connection state, reconnects, ...)."""

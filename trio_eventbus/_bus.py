@@ -1,23 +1,37 @@
 """EventBus and open_bus(): the public face, and the lifecycle that owns every task of the bus.
 
-Lifecycle (structured concurrency). ``open_bus`` opens one nursery holding the backend's tasks (connection,
-ack handler, fetchers), the publisher and results tasks, every lane and every worker; each starts with
-``nursery.start``, so ``open_bus`` returns only when the bus is ready, and start-up errors (a broker that is
-down, wrong credentials) come out of ``open_bus``.
+Lifecycle (structured concurrency): the shutdown order is the nesting order of ``open_bus``::
+
+    outer nursery: the results task (outcomes -> results)
+        async with backend.open(outcomes):          connection, ack handler, fetchers (the backend's nursery)
+            inner nursery: publisher task, lanes, workers
+                the user's block
+
+Every task starts with ``nursery.start`` and the backend's ``open`` returns only when connected, so
+``open_bus`` returns only when the bus is ready, and start-up errors (a broker that is down, wrong
+credentials) come out of ``open_bus``.
 
 Graceful close, on leaving the ``async with`` block normally or with an exception:
 
 1. refuse new publishes and subscriptions (:class:`BusClosedError`, checked without awaiting);
-2. stop every fetcher;
+2. stop every fetcher (``backend.stop_consuming()``);
 3. lanes and workers finish what they hold, and ack it (dead letters included);
-4. queued publishes are handed to the broker and every outcome is turned into its result;
-   steps 2-4 share ``BusOptions.close_timeout``; past it, handlers are cancelled and their messages nak'ed;
-5. the backend flushes acks and closes its connection (shielded, own deadline);
-6. the results channel ends, the nursery ends with zero tasks left.
+4. queued publishes are handed to the broker and every outcome so far is turned into its result;
+   steps 2-4 share ``BusOptions.close_timeout``; past it, handlers are cancelled and their messages nak'ed,
+   and the publisher task stops handing over. A task of the bus still alive once that is done is a bug (a
+   handler that shields itself from cancellation, say): it is reported with a ``ResourceWarning`` naming it
+   and cancelled, never silently;
+5. the inner nursery ends; the backend's exit (shielded, bounded by its own deadline) delivers the
+   outstanding outcomes and settlements and closes the connection;
+6. the bus closes the outcomes channel; the results task turns the last outcomes into results and ends;
+   every publish still without an outcome gets a failed result; the results channel ends. No task is left.
 
-Hard stop: an outer cancellation (``Cancelled`` arriving in the block) cancels handlers at once and naks what
-they held; nothing unhandled is acked (it is redelivered later: at-least-once); acks of messages already
-handled are still flushed to the broker within a short shielded deadline.
+Hard stop: an outer cancellation (``Cancelled`` arriving in the block) cancels handlers at once; the lanes
+nak what they held; nothing unhandled is acked (it is redelivered later: at-least-once). The cancellation
+then unwinds the nesting: the backend's exit runs within the one hard-stop grace
+(:data:`~trio_eventbus._abc.HARD_STOP_GRACE`), flushing acks of messages already handled and forwarding the
+outcomes already known; the results task, shielded, still turns them into results; what has no outcome gets
+a failed result. The bus itself has no timer for a hard stop.
 
 Exception policy: handler exceptions never escape (they are retried and dead-lettered). An error of the bus's
 own tasks (say, the broker going away for good) cancels the block and comes out of ``open_bus``; an exception
@@ -28,13 +42,15 @@ so ``except teb.BackendUnavailable`` works; several unrelated errors stay groupe
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import trio
 
-from ._abc import Backend
+from ._abc import HARD_STOP_GRACE, Backend
 from ._codec import encode_envelope
 from ._dispatch.dispatcher import Dispatcher, Handler, Subscription
 from ._envelope import _EMPTY_HEADERS, Envelope, Message, freeze_headers
@@ -52,8 +68,6 @@ from ._topics import TopicRegistry
 __all__ = ["BackendConfig", "EventBus", "open_bus"]
 
 logger = logging.getLogger("trio_eventbus")
-_BACKEND_CLOSE_TIMEOUT = 10.0
-_HARD_STOP_TIMEOUT = 2.0
 
 
 class BackendConfig(Protocol):
@@ -85,13 +99,13 @@ class EventBus:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def _start(self, nursery: trio.Nursery) -> None:
+        """Start the publisher task, lanes and workers in the inner nursery (inside the backend's block)."""
         self._nursery = nursery
         await self._publisher.start(nursery)
         await self._dispatcher.start(nursery)
-        await self._backend.start(nursery, self._publisher.outcomes_send)
 
-    async def _close(self) -> None:
-        """Graceful close (see the module docstring); shielded, bounded by ``close_timeout``."""
+    async def _close(self, nursery: trio.Nursery) -> None:
+        """Graceful close (see the module docstring); shielded, the drain bounded by ``close_timeout``."""
         self._closing = True
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self._options.close_timeout) as drain:
@@ -107,25 +121,31 @@ class EventBus:
                     self._dispatcher.in_flight,
                     self._publisher.pending,
                 )
-            await self._stop(_BACKEND_CLOSE_TIMEOUT)
+            self._stop()
+            with trio.move_on_after(HARD_STOP_GRACE):  # cancelled tasks end at once unless they shield
+                await self._dispatcher.wait_finished()
+                await self._publisher.wait_stopped()
+        if leaked := list(nursery.child_tasks):
+            nursery.cancel_scope.cancel()
+            names = ", ".join(sorted(task.name for task in leaked))
+            warnings.warn(
+                f"{len(leaked)} bus task(s) still alive after the close deadline, cancelled: {names}",
+                ResourceWarning,
+                stacklevel=2,
+            )
 
-    async def _hard_stop(self) -> None:
-        """Outer cancellation: cancel handlers now (their deliveries are nak'ed), flush acks briefly, close."""
+    def _hard_stop(self) -> None:
+        """Outer cancellation: the handlers are cancelled already (their deliveries are nak'ed); refuse
+        everything and stop blocking on the results reader. The backend's exit does the rest."""
         self._closing = True
-        with trio.CancelScope(shield=True):
-            await self._stop(_HARD_STOP_TIMEOUT)
+        self._stop()
 
-    async def _stop(self, backend_timeout: float) -> None:
+    def _stop(self) -> None:
+        """Cancel what the close left running: handlers (held deliveries nak'ed), the publisher task."""
         self._publisher.close_queue()
         self._publisher.stop_blocking_on_results()
-        with trio.move_on_after(backend_timeout) as cs:
-            await self._backend.stop_consuming()
-            self._dispatcher.cancel()
-            await self._dispatcher.wait_finished()
-            await self._backend.close()
-        if cs.cancelled_caught:
-            logger.error("backend did not close within %.1fs", backend_timeout)
-        await self._publisher.finish()
+        self._dispatcher.cancel()
+        self._publisher.stop_sending()
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -318,26 +338,35 @@ async def open_bus(config: BackendConfig, *, options: BusOptions | None = None) 
         raise TypeError(f"options must be a BusOptions, not {type(options).__name__}")
     backend = config.create_backend()
     bus = EventBus(backend, options)
+    publisher = bus._publisher
     try:
-        async with trio.open_nursery() as nursery:
-            await bus._start(nursery)
-            try:
-                yield bus
-            except trio.Cancelled:
-                await bus._hard_stop()
-                raise
-            except BaseException:
-                await bus._close()
-                raise
-            else:
-                await bus._close()
-            finally:
-                bus._closed = True
-                if nursery.child_tasks:
-                    logger.debug("cancelling %d bus tasks left after close", len(nursery.child_tasks))
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as outer:
+                await publisher.start_results(outer)
+                try:
+                    async with backend.open(publisher.outcomes_send), trio.open_nursery() as inner:
+                        await bus._start(inner)
+                        try:
+                            yield bus
+                        finally:
+                            if _cancelled():
+                                bus._hard_stop()
+                            else:
+                                await bus._close(inner)
+                finally:
+                    bus._closing = bus._closed = True
+                    publisher.stop_blocking_on_results()  # (start-up failures: nothing else ran)
+                    publisher.close_outcomes()  # the results task ends once it has handled the last outcomes
+        finally:
+            with trio.CancelScope(shield=True):
+                await publisher.finish()
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
         if len(leaves) == 1:
             raise leaves[0] from leaves[0].__cause__
         raise
+
+
+def _cancelled() -> bool:
+    """Whether the calling task is being cancelled (an outer cancellation, or a failed task of the bus)."""
+    return trio.current_effective_deadline() == -math.inf

@@ -14,6 +14,14 @@ the close deadline passed with a full, unread channel are counted in ``results_d
 
 Ordering: messages are handed to the backend in submit order. ``flush`` waits until every message submitted
 before the call has its outcome (success or failure).
+
+Lifecycle (driven by the bus, see :mod:`trio_eventbus._bus`): the results task runs in the bus's outer
+nursery, outside the backend's block, shielded from cancellation: it ends only when the bus closes the
+outcomes channel (:meth:`PublishPipeline.close_outcomes`), which it does after the backend's exit delivered
+the last outcome, so outcomes that arrive during a hard stop still become their real results. The
+publisher task runs in the bus's inner nursery: :meth:`~PublishPipeline.close_queue` lets it hand over what
+is queued and exit; :meth:`~PublishPipeline.stop_sending` cancels it (close deadline or hard stop).
+:meth:`~PublishPipeline.finish` then gives a failed result to every message without an outcome.
 """
 
 from __future__ import annotations
@@ -68,7 +76,8 @@ class PublishPipeline:
         self._frontier = 0
         self._done_ahead: set[int] = set()
         self._flush_waiters: list[tuple[int, trio.Event]] = []
-        self._results_task_done = trio.Event()
+        self._sender_scope = trio.CancelScope()
+        self._sender_done = trio.Event()
         self.published = 0
         self.failed = 0
         self.results_dropped = 0
@@ -79,10 +88,13 @@ class PublishPipeline:
         """Messages submitted whose outcome has not arrived yet."""
         return len(self._pending)
 
-    async def start(self, nursery: trio.Nursery) -> None:
-        """Start the publisher and results tasks."""
-        await nursery.start(self._publisher_task, name="teb-publisher")
+    async def start_results(self, nursery: trio.Nursery) -> None:
+        """Start the results task (in the bus's outer nursery); it ends after :meth:`close_outcomes`."""
         await nursery.start(self._results_task, name="teb-results")
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the publisher task (in the bus's inner nursery, inside the backend's block)."""
+        await nursery.start(self._publisher_task, name="teb-publisher")
 
     def submit_nowait(
         self,
@@ -148,28 +160,36 @@ class PublishPipeline:
         task_status.started()
         limit = self._options.publish_batch
         queue = self._queue
-        while True:
-            if not queue:
-                if self._queue_closed:
-                    return
-                await self._queue_waiter.park()
-                continue
-            batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
-            try:
-                await self._backend.send(batch)
-            except Exception as exc:
-                logger.warning("backend rejected a batch of %d messages: %r", len(batch), exc)
-                await self.outcomes_send.send([Outcome([m.seq for m in batch], exc)])
+        try:
+            with self._sender_scope:
+                while True:
+                    if not queue:
+                        if self._queue_closed:
+                            return
+                        await self._queue_waiter.park()
+                        continue
+                    batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
+                    try:
+                        await self._backend.send(batch)
+                    except Exception as exc:
+                        logger.warning("backend rejected a batch of %d messages: %r", len(batch), exc)
+                        await self.outcomes_send.send([Outcome([m.seq for m in batch], exc)])
+        finally:
+            self._sender_done.set()
 
     async def _results_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            async with self._outcomes_recv:
+            # Shielded: a hard stop must not end it before the backend's exit delivered the last outcomes. It
+            # ends when the bus closes the outcomes channel, which the bus always does after the backend's
+            # block; it cannot hang meanwhile: it waits only for outcomes and, until stop_blocking_on_results
+            # (called on every close path before that), for room on the results channel.
+            with trio.CancelScope(shield=True):
                 async for outcomes in self._outcomes_recv:
                     for outcome in outcomes:
                         await self._complete(outcome.seqs, outcome.error)
         finally:
-            self._results_task_done.set()
+            self._outcomes_recv.close()
 
     async def _complete(self, seqs: Sequence[int], error: BaseException | None) -> None:
         """Account for the outcome of ``seqs``; awaits only to hand a result to a full results channel."""
@@ -293,19 +313,31 @@ class PublishPipeline:
         self._queue_closed = True
         self._queue_waiter.unpark_all()
 
+    def stop_sending(self) -> None:
+        """Cancel the publisher task (close deadline passed, or hard stop): what it did not hand over gets a
+        failed result from :meth:`finish`; a batch cut short in ``send`` is the backend's to report."""
+        self._sender_scope.cancel()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the publisher task has exited."""
+        await self._sender_done.wait()
+
+    def close_outcomes(self) -> None:
+        """The backend's block is over: no more outcomes. The results task drains the channel and ends."""
+        self.outcomes_send.close()
+
     def stop_blocking_on_results(self) -> None:
         """Close deadline passed: count undeliverable results as dropped instead of waiting for a reader."""
         self._drop_results = True
         self._results_scope.cancel()
 
     async def finish(self) -> None:
-        """After the backend closed: fail what never got an outcome, end the results task and channel.
+        """After the results task ended: fail what never got an outcome, end the results channel.
 
         Every envelope still gets exactly one result: a publish the broker never answered (close deadline,
         hard stop) gets a failed one (:class:`PublishError`), and ``confirm`` waiters are woken with it.
+        Never blocks (undeliverable results are dropped and counted), so it is safe under cancellation.
         """
-        self.outcomes_send.close()
-        await self._results_task_done.wait()
         if self._pending:
             error = PublishError("the bus closed before the broker acknowledged this message")
             logger.warning("%d publishes closed without a broker ack; reporting them failed", len(self._pending))

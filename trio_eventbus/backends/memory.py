@@ -23,6 +23,13 @@ envelope subscribers as is (decoding would give an equal value: the codec round-
 the memory backend pays the encode cost but not the decode cost. Raw subscribers get the bytes.
 
 All times are Trio's clock, so ``MockClock`` (autojump) drives redelivery delays and ``max_age``.
+
+Lifecycle: :meth:`MemoryBackend.open` runs the fetchers in a nursery of its own for the block. ``send``
+reports outcomes itself (no ack handler task), so every outcome is on the channel when ``send`` returns or
+is cancelled. Exit (normal, error or cancellation; shielded, see :func:`~trio_eventbus._abc.exit_scope`):
+the fetchers are cancelled and awaited (they end at once), then every delivery this bus held and never
+settled goes back to its group for redelivery (at once, not after a timeout), and the subscriptions are
+released.
 """
 
 from __future__ import annotations
@@ -30,14 +37,15 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
-from .._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
+from .._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
 from .._envelope import Envelope
-from .._exceptions import InvalidOptionError
+from .._exceptions import BusClosedError, InvalidOptionError
 from .._options import TopicOptions
 
 __all__ = ["MemoryBackend", "MemoryBroker", "MemoryConfig"]
@@ -305,10 +313,21 @@ class MemoryBackend:
         self._subscribed: list[tuple[_Topic, _Group]] = []
         self._closed = False
 
-    async def start(self, nursery: trio.Nursery, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> None:
-        self._nursery = nursery
+    @asynccontextmanager
+    async def open(self, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> AsyncIterator[None]:
+        """Run the fetchers for the block; on exit release everything this bus held (see module docstring)."""
         self._outcomes = outcomes
-        await trio.lowlevel.checkpoint()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    yield
+                finally:
+                    with exit_scope():  # the fetchers end at once: then nothing takes messages any more
+                        await self.stop_consuming()
+                    self._close()
+        finally:
+            self._nursery = None
 
     async def ensure_topic(self, topic: str, options: TopicOptions) -> None:
         self.broker.configure(topic, options)
@@ -332,7 +351,8 @@ class MemoryBackend:
         await self._outcomes.send([Outcome(stored)])
 
     async def subscribe(self, topic: str, group: str, options: TopicOptions, sink: DeliverySink) -> None:
-        assert self._nursery is not None
+        if self._nursery is None or self._closed:
+            raise BusClosedError("the memory backend is closed")
         t = self.broker._topic(topic)
         g = t.group(group)
         g.subscribers += 1
@@ -386,7 +406,7 @@ class MemoryBackend:
         if self._fetchers_alive:
             await self._fetchers_done.wait()
 
-    async def close(self) -> None:
+    def _close(self) -> None:
         for scope in self._fetchers:
             scope.cancel()
         now = trio.current_time()
@@ -398,7 +418,6 @@ class MemoryBackend:
                 topic.trim()
         self._subscribed.clear()
         self._closed = True
-        await trio.lowlevel.checkpoint()
 
     def statistics(self) -> dict[str, object]:
         return {"kind": "memory", "fetchers": self._fetchers_alive, "connected": not self._closed}

@@ -33,24 +33,34 @@ Topics
     given persistent semantics.
 
 Lifecycle
-    ``start`` opens the bridge, starts the producer and an admin client, and raises
+    :meth:`KafkaBackend.open` opens the bridge, starts the producer and an admin client, and raises
     :class:`BackendUnavailable` (native error in ``__cause__``) when the cluster cannot be reached or refuses
     the credentials: aiokafka only says "Unable to bootstrap", so the backend then opens one connection of
     its own with the same settings to find and report the real reason (authentication failed, unsupported
-    SASL mechanism, TLS failure, connection refused). ``close`` stops the consumers (committing the safe
-    prefix of every partition, leaving the groups), flushes the producer and delivers every outstanding
-    outcome, and only then stops the producer and the bridge. Cancellation of ``close`` (the bus's deadline)
-    leaves the rest to the bridge's bounded teardown.
+    SASL mechanism, TLS failure, connection refused). The ack handler and every group's reader, feeder and
+    committer run in a nursery the context manager owns, for the block.
+
+    Exit, in one :func:`~trio_eventbus._abc.exit_scope` (shielded; ``CLOSE_DEADLINE``, or the hard-stop grace
+    after an outer cancellation), in two halves so that a slow broker cannot skip the second: first (at
+    most half of the deadline) stop the consumers, commit the safe prefix of every partition and leave the
+    groups, flush the producer and forward every outcome of the messages handed to ``send``; then stop the
+    producer, admin client and any consumer still running, and forward the outcomes that came with that.
+    Outcomes are forwarded inline: the exit never relies on the backend's Trio tasks (ack handler,
+    readers, committers), which an outer cancellation has already cancelled; crossings still work in the
+    shielded exit because the bridge runs its loop on callbacks. Messages whose outcome never came are
+    reported failed by the bus. Leaving ``open_bridge`` tears down whatever is left on the asyncio side.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -75,7 +85,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
-from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
+from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
 from ..._exceptions import (
     BackendUnavailable,
     BusClosedError,
@@ -84,7 +94,8 @@ from ..._exceptions import (
 from ..._options import TopicOptions
 from .._bridge.bridge import BatchPipe, Bridge, BridgeError, open_bridge
 from .config import KafkaConfig
-from .consume import GroupConsumer, _Partition
+from .consume import GroupConsumer
+from .partition import Partition
 from .publish import AioPublisher
 
 __all__ = ["KafkaBackend", "KafkaConfig"]
@@ -100,7 +111,6 @@ _FEATURES = BackendFeatures(
     ephemeral_topics=False,
 )
 _PROBE_TIMEOUT = 10.0
-_CANCEL_GRACE = 3.0  # > the bus's hard-stop budget for stop_consuming() + close()
 _ACK_PIPE_CAPACITY = 1 << 30  # outcome lists; the bus's publish window bounds what is really in flight
 _backend_ids = itertools.count(1)
 
@@ -130,9 +140,8 @@ class KafkaBackend:
         self._subscribe_lock = trio.Lock()
         self._submitted = 0
         self._forwarded = 0
-        self._progress = trio.Event()
-        self._shutdown = trio.Event()
-        self._finished = trio.Event()
+        self._ack_scope = trio.CancelScope()
+        self._clients_stopped = False
         self._state = "new"
         self._topics: dict[str, int] = {}
         self._mismatches: dict[str, tuple[int, int]] = {}
@@ -217,13 +226,12 @@ class KafkaBackend:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    async def start(self, nursery: trio.Nursery, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> None:
-        """Open the bridge and connect the producer and admin client; :class:`BackendUnavailable` if not."""
+    @asynccontextmanager
+    async def open(self, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> AsyncIterator[None]:
+        """Open the bridge, connect the producer and admin client (:class:`BackendUnavailable` if not) and run
+        the backend for the block; on exit commit, flush and forward every outcome (see the module docstring)."""
         self._outcomes = outcomes
         self._state = "connecting"
-        await nursery.start(self._run, name=f"teb-kafka-{self._id}")
-
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with open_bridge(self.config.bridge, use_uvloop=self.config.use_uvloop) as bridge:
                 self._bridge = bridge
@@ -233,29 +241,52 @@ class KafkaBackend:
                 except (TimeoutError, KafkaError, OSError) as exc:
                     unavailable = await self._unavailable(bridge, exc)  # its __cause__: the native reason
                     raise unavailable  # noqa: B904
-                # The backend's tasks outlive an outer cancellation (the bus's hard stop) by up to
-                # _CANCEL_GRACE seconds, so that close() can still commit, leave the groups and flush.
-                async with trio.open_nursery() as guard:
-                    with trio.CancelScope(shield=True) as inner:
-                        guard.start_soon(self._limit_on_cancel, inner)
-                        async with trio.open_nursery() as tasks:
-                            self._tasks = tasks
-                            tasks.start_soon(self._ack_handler, name=f"teb-kafka-acks-{self._id}")
-                            self._state = "running"
-                            task_status.started()
-                            await self._shutdown.wait()
+                try:
+                    async with trio.open_nursery() as tasks:
+                        self._tasks = tasks
+                        tasks.start_soon(self._ack_handler, name=f"teb-kafka-acks-{self._id}")
+                        self._state = "running"
+                        try:
+                            yield
+                        finally:
+                            self._state = "closing"
+                            with exit_scope() as scope:
+                                await self._shutdown(bridge, scope.deadline)
                             tasks.cancel_scope.cancel()
-                    guard.cancel_scope.cancel()
+                finally:  # normally _shutdown stopped the clients; after a failure or a cut-short exit: now
+                    if not self._clients_stopped:
+                        with exit_scope(), contextlib.suppress(Exception):
+                            await bridge.run(self._aio_stop_clients)
         finally:
             self._state = "closed"
-            self._finished.set()
 
-    @staticmethod
-    async def _limit_on_cancel(inner: trio.CancelScope) -> None:
+    async def _shutdown(self, bridge: Bridge, deadline: float) -> None:
+        """The exit's steps (shielded by the caller); none relies on the backend's Trio tasks."""
+        with trio.move_on_after((deadline - trio.current_time()) / 2) as first_half:
+            await self.stop_consuming()
+            for group in list(self._groups.values()):
+                try:
+                    await group.close()
+                except (KafkaError, BridgeError) as exc:
+                    logger.warning("closing kafka consumer group %r failed: %r", group.name, exc)
+            if self._producer is not None:
+                try:
+                    await bridge.run(self._producer.flush)
+                except (KafkaError, BridgeError) as exc:
+                    logger.warning("kafka producer flush failed: %r", exc)
+            self._ack_scope.cancel()  # the ack handler holds no batch when cancelled (see _forward)
+            while self._forwarded < self._submitted:
+                await self._forward()
+        if first_half.cancelled_caught:
+            logger.warning("closing the kafka backend: commit and flush cut short at half the deadline")
+        self._ack_scope.cancel()
         try:
-            await trio.sleep_forever()
-        finally:  # cancelled: from outside (hard stop), or by _run once the inner scope is done
-            inner.deadline = min(inner.deadline, trio.current_time() + _CANCEL_GRACE)
+            await bridge.run(self._aio_stop_clients)  # closes the ack pipe
+        except (KafkaError, BridgeError) as exc:
+            logger.warning("stopping the kafka clients failed: %r", exc)
+            return
+        while await self._forward():
+            pass
 
     async def _aio_connect(self) -> None:
         producer = AIOKafkaProducer(**self._producer_kw)
@@ -335,40 +366,15 @@ class KafkaBackend:
         for group in list(self._groups.values()):
             await group.stop_fetching()
 
-    async def close(self) -> None:
-        """Leave the groups (committing the safe prefixes), flush the producer, deliver every outstanding
-        outcome, then stop the producer and the bridge. Idempotent; the bus bounds it with a deadline."""
-        if self._state in ("closing", "closed"):
-            await self._finished.wait()
-            return
-        self._state = "closing"
-        bridge = self._bridge
-        try:
-            if bridge is None:
-                return
-            await self.stop_consuming()
-            for group in list(self._groups.values()):
-                try:
-                    await group.close()
-                except (KafkaError, BridgeError) as exc:
-                    logger.warning("closing kafka consumer group %r failed: %r", group.name, exc)
-            if self._producer is not None:
-                try:
-                    await bridge.run(self._producer.flush)
-                except (KafkaError, BridgeError) as exc:
-                    logger.warning("kafka producer flush failed: %r", exc)
-                while self._forwarded < self._submitted:
-                    self._progress = trio.Event()
-                    await self._progress.wait()
-            await bridge.run(self._aio_stop_clients)
-        finally:
-            self._shutdown.set()
-            await self._finished.wait()
-
     async def _aio_stop_clients(self) -> None:
+        """Stop the producer (failing what it never sent), any consumer still running and the admin client;
+        close the ack pipe last, so every outcome the producer reports is in it."""
+        self._clients_stopped = True
         try:
             if self._producer is not None:
                 await self._producer.stop()
+            for group in list(self._groups.values()):
+                await group.aio_stop()
         finally:
             if self._acks is not None:
                 self._acks.close()
@@ -376,23 +382,33 @@ class KafkaBackend:
                 await self._admin.close()
 
     async def _ack_handler(self) -> None:
-        """Forward outcome lists from the producer's futures to the bus, in batches."""
+        """The ack handler task: forward outcome lists from the producer's futures to the bus, in batches."""
+        with self._ack_scope:
+            while await self._forward():
+                pass
+
+    async def _forward(self) -> bool:
+        """Move one wake-up's worth of outcome lists to the bus; False once the ack pipe is closed and empty.
+
+        Cancellation never loses a batch: what is taken from the pipe goes to the bus's channel without a
+        checkpoint in between (the channel has room for one list per message in the bus's window).
+        """
         assert self._acks is not None
         assert self._outcomes is not None
-        acks, outcomes = self._acks, self._outcomes
-        while True:
-            try:
-                lists = await acks.receive_batch(1024)
-            except trio.EndOfChannel:
-                return
-            batch = lists[0] if len(lists) == 1 else [o for lst in lists for o in lst]
-            count = sum(len(o.seqs) for o in batch)
-            try:
-                await outcomes.send(batch)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                logger.error("the bus stopped reading outcomes: %d dropped", count)
-            self._forwarded += count
-            self._progress.set()
+        try:
+            lists = await self._acks.receive_batch(1024)
+        except trio.EndOfChannel:
+            return False
+        batch = lists[0] if len(lists) == 1 else [o for lst in lists for o in lst]
+        count = sum(len(o.seqs) for o in batch)
+        self._forwarded += count
+        try:
+            self._outcomes.send_nowait(batch)
+        except trio.WouldBlock:  # cannot happen while the bus's window bounds the outcomes
+            await self._outcomes.send(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            logger.error("the bus stopped reading outcomes: %d dropped", count)
+        return True
 
     # -- publishing ------------------------------------------------------------------------------------
 
@@ -532,7 +548,7 @@ class KafkaBackend:
     def settle(self, delivery: Delivery, disposition: Disposition, delay: float = 0.0) -> None:
         """ACK/TERM: the offset may be committed once every earlier one is. NAK: never commit past it; while
         the bus runs, the partition is fetched again from it after ``delay`` (see ``kafka.consume``)."""
-        token: tuple[_Partition, int] = delivery.token  # type: ignore[assignment]
+        token: tuple[Partition, int] = delivery.token  # type: ignore[assignment]
         token[0].settle(token[1], disposition is not Disposition.NAK, delay)
 
     # -- introspection ---------------------------------------------------------------------------------

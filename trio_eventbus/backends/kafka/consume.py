@@ -19,10 +19,9 @@ Ordering
     partitions are fed round-robin.
 
 Commit frontier
-    Per partition the offsets handed to the bus are kept in order; ``settle`` marks one done (ACK or TERM,
-    i.e. handled or dead-lettered), and the commit position is the end of the contiguous done prefix. A
-    message that is still running, queued in a lane, or NAK'ed is never committed past. Commits are batched:
-    ``commit_interval`` after the first advance, at once when ``commit_batch`` offsets advanced.
+    Kept per partition (:mod:`trio_eventbus.backends.kafka.partition`): a message that is still running,
+    queued in a lane, or NAK'ed is never committed past. Commits are batched: ``commit_interval`` after the
+    first advance, at once when ``commit_batch`` offsets advanced.
 
 NAK
     At shutdown (handlers cancelled) a NAK only holds the frontier back: the message and every later one of
@@ -43,10 +42,14 @@ Backpressure
     aiokafka (its prefetched records are discarded there and fetched again on resume) and resumed once half
     of them settled. The pipe holds at most 4 fetch batches; the fetch loop waits when it is full.
 
-Cancellation
-    ``stop_fetching`` cancels the fetch loop and the feeder; records not yet handed to the bus are dropped
-    (not committed, so redelivered later). ``close`` commits the safe prefix of every partition, then leaves
-    the group (LeaveGroup: the other members rebalance at once instead of after the session timeout).
+Lifecycle and cancellation
+    The reader, feeder, committer (and revoke/rewind helpers) run in the backend's nursery, for the block of
+    ``KafkaBackend.open``. ``stop_fetching`` cancels the fetch loop and the feeder; records not yet handed to
+    the bus are dropped (not committed, so redelivered later). ``close`` (the backend's exit) stops the
+    committer, answers pending revocations, commits the safe prefix of every partition still assigned, then
+    leaves the group (LeaveGroup: the other members rebalance at once instead of after the session timeout).
+    ``close`` relies on none of the group's Trio tasks: under a hard stop they are cancelled already, and it
+    does its commit inline, in one crossing (the bridge still works in the shielded exit).
 """
 
 from __future__ import annotations
@@ -55,18 +58,17 @@ import asyncio
 import collections
 import logging
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import trio
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from ..._abc import Delivery, DeliverySink
 from ..._exceptions import BackendUnavailable
 from .._bridge.bridge import BatchPipe, Bridge, BridgeError
 from .fetch import AioGroup, Assigned, Item, Records, Revoked, Rewound
-from .publish import H_EVENT_ID, H_MESSAGE_ID
+from .partition import Partition, decode
 
 __all__ = ["GroupConsumer"]
 
@@ -74,137 +76,7 @@ logger = logging.getLogger("trio_eventbus.kafka")
 
 _PIPE_ITEMS = 4  # fetch batches buffered between the loops (plus rebalance events)
 _FEED_CHUNK = 1024  # records per sink.deliver call (one lane wake-up per lane and chunk)
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _FINAL_COMMIT_TIMEOUT = 5.0
-
-
-# -------------------------------------------------------------------------------------- Trio half
-
-
-class _Partition:
-    """Trio-side state of one assigned partition in one assignment generation."""
-
-    __slots__ = (
-        "attempts",
-        "commit_pos",
-        "committed",
-        "drained",
-        "epoch",
-        "gen",
-        "group",
-        "highwater",
-        "in_ready",
-        "inflight",
-        "naks",
-        "offsets",
-        "paused",
-        "queue",
-        "revoked",
-        "rewinding",
-        "settled",
-        "sink",
-        "topic",
-        "tp",
-        "unsettled",
-    )
-
-    def __init__(self, group: GroupConsumer, tp: TopicPartition, gen: int, sink: DeliverySink, epoch: int = 0) -> None:
-        self.group, self.tp, self.topic, self.gen, self.sink, self.epoch = group, tp, tp.topic, gen, sink, epoch
-        self.queue: collections.deque[ConsumerRecord] = collections.deque()  # fetched, not yet fed
-        self.offsets: collections.deque[int] = collections.deque()  # fed, not yet in the done prefix
-        self.settled: set[int] = set()  # done, but behind an unsettled offset
-        self.commit_pos: int | None = None  # end of the done prefix (next offset to read)
-        self.committed: int | None = None
-        self.unsettled = 0  # queued + fed and not settled
-        self.inflight = 0  # fed and not settled
-        self.naks = 0
-        self.highwater: int | None = None
-        self.paused = self.revoked = self.rewinding = self.in_ready = False
-        self.drained = trio.Event()  # set once halted (revoked/rewinding) and nothing is in flight
-        self.attempts: dict[int, int] = {}  # offset -> delivery attempt, for redelivered (NAK'ed) offsets
-
-    @property
-    def halted(self) -> bool:
-        return self.revoked or self.rewinding
-
-    def settle(self, offset: int, done: bool, delay: float) -> None:
-        self.inflight -= 1
-        self.unsettled -= 1
-        group = self.group
-        if done:
-            offsets = self.offsets
-            if offsets and offsets[0] == offset:
-                offsets.popleft()
-                pos = offset + 1
-                settled = self.settled
-                while offsets and offsets[0] in settled:
-                    pos = offsets.popleft() + 1
-                    settled.discard(pos - 1)
-                self.commit_pos = pos
-                if not self.revoked:
-                    group.mark_dirty(self)
-            else:
-                self.settled.add(offset)
-        else:
-            self.naks += 1
-            self.attempts[offset] = self.attempts.get(offset, 1)
-            if not self.halted:
-                group.rewind(self, delay)
-        halted = self.revoked or self.rewinding
-        if self.paused and not halted and self.unsettled <= group.resume_at:
-            self.paused = False
-            group.request_flow(self, pause=False)
-        if halted and self.inflight <= 0:
-            self.drained.set()
-
-    def halt(self) -> int:
-        """Stop feeding: drop the queued records (fetched again later); the number dropped."""
-        dropped = len(self.queue)
-        self.queue.clear()
-        self.unsettled -= dropped
-        if self.inflight <= 0:
-            self.drained.set()
-        return dropped
-
-    def revoke(self) -> int:
-        self.revoked = True
-        return self.halt()
-
-    def pending_commit(self) -> int | None:
-        pos = self.commit_pos
-        return pos if pos is not None and pos != self.committed else None
-
-
-def _decode(records: list[ConsumerRecord], part: _Partition) -> list[Delivery]:
-    """Deliveries of ``records`` (one partition, offset order); appends their offsets to ``part.offsets``."""
-    topic, attempts = part.topic, part.attempts
-    out: list[Delivery] = []
-    append, offsets = out.append, part.offsets
-    for record in records:
-        offset = record.offset
-        raw = record.headers
-        headers: Mapping[str, str]
-        if raw:
-            decoded = {k: "" if v is None else v.decode("utf-8", "surrogateescape") for k, v in raw}
-            message_id = decoded.pop(H_MESSAGE_ID, None) or decoded.get(H_EVENT_ID)
-            headers = decoded
-        else:
-            headers, message_id = _NO_HEADERS, None
-        key = record.key
-        value = record.value
-        append(
-            Delivery(
-                topic,
-                b"" if value is None else value,
-                headers,
-                None if key is None else key.decode("utf-8", "surrogateescape"),
-                message_id,
-                attempts.get(offset, 1) if attempts else 1,
-                (part, offset),
-            )
-        )
-        offsets.append(offset)
-    return out
 
 
 class GroupConsumer:
@@ -240,12 +112,12 @@ class GroupConsumer:
         self._pipe: BatchPipe[Item] = BatchPipe(bridge, _PIPE_ITEMS)
         self._aio: AioGroup | None = None
         self._sinks: dict[str, DeliverySink] = {}
-        self._parts: dict[TopicPartition, _Partition] = {}
+        self._parts: dict[TopicPartition, Partition] = {}
         self._gen = 0
         self._live_waiters: list[tuple[str, trio.Event]] = []
-        self._ready: collections.deque[_Partition] = collections.deque()
+        self._ready: collections.deque[Partition] = collections.deque()
         self._ready_lot = trio.lowlevel.ParkingLot()
-        self._dirty: set[_Partition] = set()
+        self._dirty: set[Partition] = set()
         self._advanced = 0
         self._commit_wanted = trio.Event()
         self._commit_urgent = trio.Event()
@@ -253,7 +125,7 @@ class GroupConsumer:
         self._commit_scope = trio.CancelScope()
         self._fetching_done = trio.Event()
         self._fetching = False
-        self._pending_revokes: list[tuple[list[_Partition], asyncio.Future[dict[Any, int]]]] = []
+        self._pending_revokes: list[tuple[list[Partition], asyncio.Future[dict[Any, int]]]] = []
         self._stopped = False
         self._closed = False
         # statistics
@@ -323,6 +195,11 @@ class GroupConsumer:
         if cs.cancelled_caught:
             logger.warning("final commit of group %r timed out", self.name)
         await self._bridge.run(self._aio.stop)
+
+    async def aio_stop(self) -> None:
+        """Loop thread: stop the aiokafka consumer if :meth:`close` did not get to it (idempotent)."""
+        if self._aio is not None:
+            await self._aio.stop()
 
     # -- tasks -----------------------------------------------------------------------------------------
 
@@ -402,7 +279,7 @@ class GroupConsumer:
         self._pending_revokes.append((parts, item.fut))
         self._nursery.start_soon(self._drain_revoked, parts, item.fut, name=f"teb-kafka-revoke-{self.name}")
 
-    async def _drain_revoked(self, parts: list[_Partition], fut: asyncio.Future[dict[Any, int]]) -> None:
+    async def _drain_revoked(self, parts: list[Partition], fut: asyncio.Future[dict[Any, int]]) -> None:
         with trio.move_on_after(self._drain_timeout) as cs:
             for part in parts:
                 await part.drained.wait()
@@ -416,7 +293,7 @@ class GroupConsumer:
             )
         self._answer_revoke(parts, fut)
 
-    def _answer_revoke(self, parts: list[_Partition], fut: asyncio.Future[dict[Any, int]]) -> None:
+    def _answer_revoke(self, parts: list[Partition], fut: asyncio.Future[dict[Any, int]]) -> None:
         entry = (parts, fut)
         if entry not in self._pending_revokes:
             return
@@ -440,7 +317,7 @@ class GroupConsumer:
             if sink is None:  # cannot happen: we subscribe only topics that have a sink
                 logger.error("group %r was assigned %s, a topic it has no subscription for", self.name, tp)
                 continue
-            self._parts[tp] = _Partition(self, tp, item.gen, sink)
+            self._parts[tp] = Partition(self, tp, item.gen, sink)
         waiters = []
         for topic, event in self._live_waiters:
             if topic in item.topics:
@@ -449,7 +326,7 @@ class GroupConsumer:
                 waiters.append((topic, event))
         self._live_waiters = waiters
 
-    def rewind(self, part: _Partition, delay: float) -> None:
+    def rewind(self, part: Partition, delay: float) -> None:
         """A NAK outside shutdown (e.g. its dead-letter publish failed): stop feeding the partition, let its
         in-flight messages finish, then fetch it again from the NAK'ed offset (with later ones: duplicates).
         At shutdown a NAK only holds the commit frontier back (redelivered after the restart)."""
@@ -463,7 +340,7 @@ class GroupConsumer:
         self.rewinds += 1
         self._nursery.start_soon(self._rewind, part, delay, name=f"teb-kafka-rewind-{self.name}")
 
-    async def _rewind(self, part: _Partition, delay: float) -> None:
+    async def _rewind(self, part: Partition, delay: float) -> None:
         assert self._aio is not None
         with trio.move_on_after(self._drain_timeout):
             await part.drained.wait()
@@ -480,7 +357,7 @@ class GroupConsumer:
         old = self._parts.get(item.tp)
         if old is None or old.gen != item.gen or not old.rewinding:
             return
-        new = _Partition(self, item.tp, item.gen, old.sink, item.epoch)
+        new = Partition(self, item.tp, item.gen, old.sink, item.epoch)
         new.committed, new.highwater, new.naks = old.committed, old.highwater, old.naks
         new.attempts = {offset: n + 1 for offset, n in old.attempts.items() if offset >= item.position}
         if old.pending_commit() is not None:
@@ -514,7 +391,7 @@ class GroupConsumer:
                 if queue:
                     part.in_ready = True
                     ready.append(part)
-                deliveries += _decode(records, part)
+                deliveries += decode(records, part)
                 part.inflight += n
                 sink = part.sink
                 budget -= n
@@ -583,7 +460,7 @@ class GroupConsumer:
 
     # -- called from settle (sync, never blocks) -------------------------------------------------------
 
-    def mark_dirty(self, part: _Partition) -> None:
+    def mark_dirty(self, part: Partition) -> None:
         self._dirty.add(part)
         self._advanced += 1
         if self._advanced == 1:  # the first advance since the last commit: commit within commit_interval
@@ -591,7 +468,7 @@ class GroupConsumer:
         if self._advanced == self._commit_batch:  # enough for a commit now
             self._commit_urgent.set()
 
-    def request_flow(self, part: _Partition, *, pause: bool, force: bool = False) -> None:
+    def request_flow(self, part: Partition, *, pause: bool, force: bool = False) -> None:
         """Pause or resume ``part`` in aiokafka (fire-and-forget; ignored there if the partition moved)."""
         aio = self._aio
         if aio is None or (part.halted and not force):

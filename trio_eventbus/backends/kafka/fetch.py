@@ -220,6 +220,8 @@ class AioGroup:
 
     async def final_commit(self, offsets: dict[TopicPartition, int]) -> bool:
         self.closing = True
+        assigned = self.consumer.assignment()  # a revocation the Trio side never saw (hard stop) must not
+        offsets = {tp: pos for tp, pos in offsets.items() if tp in assigned}  # fail the whole commit
         if not offsets:
             return True
         return await self._commit(offsets, logging.WARNING, "final commit failed (handled ones are redelivered)")

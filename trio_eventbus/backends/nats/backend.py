@@ -44,20 +44,28 @@ Reconnects
     safe. If the client gives up reconnecting, the bus fails with :class:`BackendUnavailable`.
     ``statistics()`` shows the connection state, reconnects and pending publishes.
 
-Cancellation and close
+Lifecycle, cancellation and close
+    :meth:`NatsBackend.open` opens the bridge, connects (:class:`BackendUnavailable` on failure), subscribes
+    the PubAck inbox and runs the ack handler (a Trio task) and the janitor (an asyncio task) for the block.
     ``send`` never waits for the loop (it queues, one crossing per loop pass), so a cancelled publisher
     cannot leave a batch half handed over; ``ensure_topic`` and ``subscribe`` are one awaited crossing each
-    (a cancel cancels the asyncio side and waits for it, :meth:`Bridge.run`). ``close`` (after
-    ``stop_consuming``): naks every delivery the bus never settled, sends all queued acks, waits for every
-    outstanding PubAck (at most ``min(publish_timeout, 5 s)``; what is still missing then is reported as
-    failed), delivers every outcome to the bus, and only then closes the connection and the bridge (its
-    thread is joined): no task and no thread remain. On an outer cancellation (the bus's hard stop) the
-    connection task keeps the bridge up to 5 s for that close. An asyncio-side failure (a bug, or the client
-    giving up) fails the bus through the bridge. nats-py traps avoided here: publishing and fetching speak
-    the JetStream protocol directly (:mod:`.publish`, :class:`~.consume.Puller`), so neither
-    ``publish_async`` (whose cancel surfaces as ``TooManyStalledMsgsError``) nor ``fetch()`` (whose empty
-    batch is a bare ``asyncio.TimeoutError``) is used; a cancel swallowed by ``asyncio.wait_for`` inside
-    nats-py's API requests is bounded by the bridge's ``cancel_timeout``.
+    (a cancel cancels the asyncio side and waits for it, :meth:`Bridge.run`).
+
+    Exit, in one :func:`~trio_eventbus._abc.exit_scope` (shielded; ``CLOSE_DEADLINE``, or the hard-stop grace
+    after an outer cancellation): stop every fetcher and source (what arrives meanwhile is nak'ed), nak every
+    delivery the bus never settled, send all queued settlements, wait for every outstanding PubAck (at most
+    ``min(publish_timeout, 5 s)`` and half of what the deadline leaves; what is still missing then is
+    reported as failed), forward every outcome to the bus, and only then close the connection; leaving
+    ``open_bridge`` joins the loop thread: no task and no thread remain. None of it relies on the backend's
+    Trio tasks, which an outer cancellation has already cancelled: the ack handler is stopped and the exit
+    forwards the outcomes inline (the bridge runs its loop on callbacks, so crossings still work in the
+    shielded exit). An asyncio-side failure (a bug, or the client giving up) fails the bus through the
+    bridge; the exit then still tries the same steps, each failure logged. nats-py traps avoided here:
+    publishing and fetching speak the JetStream protocol directly (:mod:`.publish`,
+    :class:`~.consume.Puller`), so neither ``publish_async`` (whose cancel surfaces as
+    ``TooManyStalledMsgsError``) nor ``fetch()`` (whose empty batch is a bare ``asyncio.TimeoutError``) is
+    used; a cancel swallowed by ``asyncio.wait_for`` inside nats-py's API requests is bounded by the bridge's
+    ``cancel_timeout``.
 """
 
 from __future__ import annotations
@@ -67,7 +75,8 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -75,7 +84,7 @@ from nats.aio.client import Client
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
-from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
+from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
 from ..._exceptions import BackendUnavailable, BusClosedError, EventBusError, InvalidOptionError, InvalidTopicError
 from ..._options import TopicOptions
 from .._bridge.bridge import Bridge, BridgeError, open_bridge
@@ -98,7 +107,6 @@ _FEATURES = BackendFeatures(
 )
 _JANITOR_TICK = 0.1
 _CLOSE_PUBACK_WAIT = 5.0
-_HARD_STOP_GRACE = 5.0  # how long a cancelled bus keeps the connection for its close()
 _ERR_OVERLAP = 10065  # subjects overlap with an existing stream
 _ERR_NAME_IN_USE = 10058  # stream name already in use with a different configuration
 _ERR_REPLICAS = 10074  # replicas > 1 not supported in non-clustered mode
@@ -131,9 +139,7 @@ class NatsBackend:
         self._pullers: set[Puller] = set()  # loop thread only
         self._closing = False
         self._consuming_stopped = False
-        self._stop_run = trio.Event()
-        self._run_done = trio.Event()
-        self._forward_done = trio.Event()
+        self._forwarder = trio.CancelScope()
         self._lost: BackendUnavailable | None = None
         # connection figures, written by nats-py callbacks on the loop thread
         self._state = "connecting"
@@ -147,13 +153,12 @@ class NatsBackend:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
-    async def start(self, nursery: trio.Nursery, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> None:
-        """Connect (``BackendUnavailable`` on failure) and start the backend's tasks in ``nursery``."""
-        self._outcomes = outcomes
-        await nursery.start(self._run, name="teb-nats-connection")
-
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    @asynccontextmanager
+    async def open(self, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> AsyncIterator[None]:
+        """Connect (``BackendUnavailable`` on failure) and run the backend for the block; on exit flush
+        settlements and every outcome, close the connection and the bridge (see the module docstring)."""
         cfg = self._config
+        self._outcomes = outcomes
         try:
             async with open_bridge(cfg.bridge, use_uvloop=cfg.use_uvloop) as bridge:
                 self._bridge = bridge
@@ -162,53 +167,51 @@ class NatsBackend:
                 except Exception as exc:
                     raise self._connect_error(exc) from exc
                 try:
-                    await self._serve(bridge, task_status)
-                finally:  # normally close() did this already; after a failure or a cut-short close: now
-                    shield, deadline = trio.CancelScope(shield=True), trio.move_on_after(_HARD_STOP_GRACE)
-                    with shield, deadline, contextlib.suppress(Exception):
-                        await bridge.run(self._aio_close)
+                    self._publisher = Publisher(bridge, self._nc, cfg.publish_timeout, cfg.max_pending_publishes)
+                    await bridge.run(self._publisher.start)
+                    self._settler.attach(bridge, self._nc)
+                    async with trio.open_nursery() as tasks:
+                        self._tasks = tasks
+                        await tasks.start(self._forward, name="teb-nats-ack-handler")
+                        bridge.spawn(self._aio_janitor, name="teb-nats-janitor")
+                        try:
+                            yield
+                        finally:
+                            self._closing = True
+                            with exit_scope() as scope:
+                                await self._shutdown(bridge, scope.deadline)
+                            tasks.cancel_scope.cancel()
+                finally:  # normally _shutdown closed the connection; after a failure or a cut-short exit: now
+                    if self._state != "closed":
+                        with exit_scope(), contextlib.suppress(Exception):
+                            await bridge.run(self._aio_close)
         finally:
+            self._closing = True
             self._state = "closed"
-            self._run_done.set()
-
-    async def _serve(self, bridge: Bridge, task_status: trio.TaskStatus[None]) -> None:
-        cfg = self._config
-        self._publisher = Publisher(bridge, self._nc, cfg.publish_timeout, cfg.max_pending_publishes)
-        await bridge.run(self._publisher.start)
-        self._settler.attach(bridge, self._nc)
-        async with trio.open_nursery() as tasks:
-            self._tasks = tasks
-            await tasks.start(self._forward, name="teb-nats-ack-handler")
-            bridge.spawn(self._aio_janitor, name="teb-nats-janitor")
-            task_status.started()
-            try:
-                await self._stop_run.wait()
-            except trio.Cancelled:
-                # An outer cancellation (the bus's hard stop) reaches this task too; the bus calls close()
-                # next, which needs the bridge: keep it for that, within a bounded grace (not when the
-                # cancel is the bridge's own failure: then there is nothing left to keep).
-                if not bridge.statistics().errors:
-                    with trio.CancelScope(shield=True), trio.move_on_after(_HARD_STOP_GRACE):
-                        await self._stop_run.wait()
-                raise
-            tasks.cancel_scope.cancel()
-
-    def _connect_error(self, exc: BaseException) -> BackendUnavailable:
-        servers = ", ".join(_mask_url(u) for u in self._config.servers)
-        text = str(getattr(exc, "description", None) or exc) or type(exc).__name__
-        if "authorization" in text.lower() or "authentication" in text.lower():
-            return BackendUnavailable(f"NATS at {servers} refused the credentials: {text}")
-        if type(exc).__name__ in ("NoRespondersError", "ServiceUnavailableError", "NoStreamResponseError"):
-            return BackendUnavailable(f"NATS at {servers} has no JetStream (start nats-server with -js): {text}")
-        return BackendUnavailable(f"cannot connect to NATS at {servers}: {type(exc).__name__}: {text}")
 
     async def _forward(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         assert self._publisher is not None
         assert self._outcomes is not None
-        try:
+        with self._forwarder:
             await self._publisher.forward(self._outcomes, task_status=task_status)
-        finally:
-            self._forward_done.set()
+
+    async def _shutdown(self, bridge: Bridge, deadline: float) -> None:
+        """The exit's steps (shielded by the caller); none relies on the backend's Trio tasks."""
+        publisher, outcomes = self._publisher, self._outcomes
+        assert publisher is not None
+        assert outcomes is not None
+        try:
+            await self.stop_consuming()
+            for sub in self._subs:
+                self._settler.nak_held(sub)
+            await self._settler.flush()
+            budget = max(0.0, (deadline - trio.current_time()) / 2)
+            await bridge.run(self._aio_finish_publishing, budget)  # closes the outcome pipe
+            self._forwarder.cancel()  # the ack handler holds no batch when cancelled (Publisher.forward)
+            await publisher.forward(outcomes)  # the rest, inline: every outcome is on the bus's channel now
+            await bridge.run(self._aio_close)
+        except BridgeError as exc:  # the asyncio side failed meanwhile; that failure ends open_bridge
+            logger.warning("closing the NATS backend: %r", exc)
 
     async def stop_consuming(self) -> None:
         """Stop every fetcher; un-routed deliveries are nak'ed. The sinks are not called after this."""
@@ -230,27 +233,14 @@ class NatsBackend:
         for sub in subs:
             self._settler.nak_all(await sub.drain())
 
-    async def close(self) -> None:
-        """Flush settlements and every publish outcome, then close the connection and the bridge."""
-        if self._closing:
-            await self._run_done.wait()
-            return
-        self._closing = True
-        try:
-            if self._bridge is None or self._publisher is None or self._run_done.is_set():
-                return  # never started, or the bridge already failed: nothing left to flush
-            await self.stop_consuming()
-            for sub in self._subs:
-                self._settler.nak_held(sub)
-            await self._settler.flush()
-            await self._bridge.run(self._aio_finish_publishing)
-            await self._forward_done.wait()  # every outcome is on the bus's channel now
-            await self._bridge.run(self._aio_close)
-        except BridgeError as exc:  # the asyncio side failed meanwhile; that failure ends _run
-            logger.warning("closing the NATS backend: %r", exc)
-        finally:
-            self._stop_run.set()
-            await self._run_done.wait()
+    def _connect_error(self, exc: BaseException) -> BackendUnavailable:
+        servers = ", ".join(_mask_url(u) for u in self._config.servers)
+        text = str(getattr(exc, "description", None) or exc) or type(exc).__name__
+        if "authorization" in text.lower() or "authentication" in text.lower():
+            return BackendUnavailable(f"NATS at {servers} refused the credentials: {text}")
+        if type(exc).__name__ in ("NoRespondersError", "ServiceUnavailableError", "NoStreamResponseError"):
+            return BackendUnavailable(f"NATS at {servers} has no JetStream (start nats-server with -js): {text}")
+        return BackendUnavailable(f"cannot connect to NATS at {servers}: {type(exc).__name__}: {text}")
 
     # -- topics ----------------------------------------------------------------------------------------------
 
@@ -517,20 +507,23 @@ class NatsBackend:
         await asyncio.gather(*(s.stop() for s in sources))
         self._pullers.difference_update(sources)
 
-    async def _aio_finish_publishing(self) -> None:
+    async def _aio_finish_publishing(self, budget: float) -> None:
+        """Wait for outstanding PubAcks (bounded by ``budget`` too), fail the rest, close the outcome pipe."""
         publisher = self._publisher
         assert publisher is not None
         try:
-            async with asyncio.timeout(min(self._config.publish_timeout, _CLOSE_PUBACK_WAIT)):
-                await publisher.wait_idle()
-        except TimeoutError:
-            logger.warning("closing with %d publishes unacknowledged: reporting them failed", publisher.pending)
-            publisher.abandon()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+            try:
+                async with asyncio.timeout(min(self._config.publish_timeout, _CLOSE_PUBACK_WAIT, budget)):
                     await publisher.wait_idle()
-            publisher.fail_queued()
-        publisher.close_pipe()
+            except TimeoutError:
+                logger.warning("closing with %d publishes unacknowledged: reporting them failed", publisher.pending)
+                publisher.abandon()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(1.0, budget / 2)):
+                        await publisher.wait_idle()
+                publisher.fail_queued()
+        finally:
+            publisher.close_pipe()
 
     async def _aio_close(self) -> None:
         nc = self._nc

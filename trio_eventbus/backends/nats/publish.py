@@ -107,7 +107,12 @@ class Publisher:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """The ack handler: move outcome batches to the bus until :meth:`close_pipe` ran and all arrived."""
+        """The ack handler: move outcome batches to the bus until :meth:`close_pipe` ran and all arrived.
+
+        Cancellation never loses a batch: a batch taken from the pipe goes to ``outcomes`` without a
+        checkpoint in between (the bus's channel has room for one list per message in its window), so the
+        backend's exit can cancel this task and call it again inline to forward the rest.
+        """
         task_status.started()
         receive = self.pipe.receive_batch
         while True:
@@ -115,7 +120,10 @@ class Publisher:
                 batch = await receive(100_000)
             except trio.EndOfChannel:
                 return
-            await outcomes.send(batch)
+            try:
+                outcomes.send_nowait(batch)
+            except trio.WouldBlock:  # cannot happen while the bus's window bounds the outcomes
+                await outcomes.send(batch)
 
     # -- asyncio side -----------------------------------------------------------------------------------
 
