@@ -18,7 +18,6 @@ import trio
 import trio.testing
 
 import trio_eventbus as teb
-from trio_eventbus.testing._task_leaks import TaskLeakWatch, watch_task_leaks
 from trio_eventbus.testing.conformance import (
     FEATURES,
     BackendCase,
@@ -29,6 +28,7 @@ from trio_eventbus.testing.conformance import (
 )
 from trio_eventbus.testing.conformance._restart import _Tracker
 from trio_eventbus.testing.fixtures import restart_hook
+from trio_eventbus.testing.leaks import TaskLeakWatch, watch_task_leaks
 from trio_eventbus.testing.servers import KafkaServer, NatsServer
 
 _BRIDGES = ("thread", "trio-asyncio")

@@ -23,7 +23,7 @@ import trio_eventbus as teb
 from trio_eventbus.backends._bridge.bridge import application_loop
 from trio_eventbus.backends.kafka.config import KafkaConfig
 from trio_eventbus.testing.fixtures import KAFKA_SASL_PASSWORD, KAFKA_SASL_USER
-from trio_eventbus.testing.leaks import no_task_leaks
+from trio_eventbus.testing.leaks import watch_task_leaks
 from trio_eventbus.testing.servers import KafkaServer, free_port
 
 pytestmark = pytest.mark.kafka
@@ -334,17 +334,18 @@ async def test_hard_stop_acks_nothing_unhandled(kafka_bootstrap: str, bridge: st
                     await pub.publish(topic, b"%d" % i, key=f"k{i % 50}")
                 await pub.flush()
             first_cfg = attrs.evolve(cfg, commit_interval=3600.0, commit_batch=1_000_000)
-            with no_task_leaks() as tasks, trio.CancelScope() as scope:
-                async with teb.open_bus(first_cfg, options=teb.BusOptions(group=group, lanes=1)) as bus:
+            async with watch_task_leaks() as tasks:
+                with trio.CancelScope() as scope:
+                    async with teb.open_bus(first_cfg, options=teb.BusOptions(group=group, lanes=1)) as bus:
 
-                    async def slow(msg: teb.Message) -> None:
-                        if len(first) >= 300:
-                            scope.cancel()
-                            await trio.sleep_forever()
-                        first.add(int(msg.data))
+                        async def slow(msg: teb.Message) -> None:
+                            if len(first) >= 300:
+                                scope.cancel()
+                                await trio.sleep_forever()
+                            first.add(int(msg.data))
 
-                    await bus.subscribe(topic, slow)
-                    await trio.sleep_forever()
+                        await bus.subscribe(topic, slow)
+                        await trio.sleep_forever()
             assert scope.cancelled_caught
             assert any(t.name.startswith("teb-kafka-reader-") for t in tasks.spawned)  # it saw the group's tasks
             async with teb.open_bus(cfg, options=teb.BusOptions(group=group)) as bus2:

@@ -28,7 +28,7 @@ from trio_eventbus.backends.nats.config import NatsConfig
 from trio_eventbus.testing import all_tasks
 from trio_eventbus.testing.conformance import envelope, seq_of
 from trio_eventbus.testing.fixtures import NATS_AUTH_PASSWORD, NATS_AUTH_USER
-from trio_eventbus.testing.leaks import no_task_leaks
+from trio_eventbus.testing.leaks import watch_task_leaks
 from trio_eventbus.testing.servers import NatsServer, free_port
 
 pytestmark = pytest.mark.nats
@@ -389,11 +389,12 @@ async def _hard_stop_then_finish(cfg: NatsConfig, topic: str, total: int, handle
             await trio.sleep_forever()  # handlers busy when the cancellation arrives
         handled.add(seq_of(env))
 
-    with no_task_leaks() as tasks, trio.CancelScope() as scope:
-        async with teb.open_bus(cfg) as bus:
-            await bus.subscribe_envelope(topic, stuck, group="g")
-            await started.wait()
-            scope.cancel()
+    async with watch_task_leaks() as tasks:
+        with trio.CancelScope() as scope:
+            async with teb.open_bus(cfg) as bus:
+                await bus.subscribe_envelope(topic, stuck, group="g")
+                await started.wait()
+                scope.cancel()
     assert scope.cancelled_caught
     assert any(t.name == "teb-nats-ack-handler" for t in tasks.spawned)  # the check saw the backend's tasks
     assert len(bridge_threads()) == threads_before

@@ -61,8 +61,6 @@ class FakeBackend:
         self._sent_waiters: list[tuple[int, trio.Event]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    # THE NEW SEAM: ``open(outcomes)``. The old pair ``start``/``close`` below only adapts it; delete the pair
-    # once the bus nests ``async with backend.open(outcomes)``.
 
     def open(self, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> AbstractAsyncContextManager[None]:
         """Run for the duration of the block; ``outcomes`` is not closed (the bus owns it)."""
@@ -76,17 +74,6 @@ class FakeBackend:
             yield
         finally:
             self.running = False
-
-    async def start(self, nursery: trio.Nursery, outcomes: trio.MemorySendChannel[Sequence[Outcome]]) -> None:
-        """Old seam: connect (nothing to connect)."""
-        self._outcomes = outcomes
-        self.running = True
-        await trio.lowlevel.checkpoint()
-
-    async def close(self) -> None:
-        """Old seam: stop (held messages keep no outcome)."""
-        self.running = False
-        await trio.lowlevel.checkpoint()
 
     # -- publishing ------------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import attrs
 import trio
 
 import trio_eventbus as teb
-from trio_eventbus.testing._task_leaks import watch_task_leaks
+from trio_eventbus.testing.leaks import watch_task_leaks
 
 __all__ = [
     "FEATURES",
@@ -140,7 +140,7 @@ async def running(case: BackendCase, *, timeout_factor: float = 1.0) -> AsyncIte
 @asynccontextmanager
 async def open_watched_bus(case: BackendCase, options: teb.BusOptions | None = None) -> AsyncIterator[teb.EventBus]:
     """``teb.open_bus(case.config(), options=options)`` under a task-leak watch: after the block, no task the
-    bus spawned (anywhere in the run) may still be alive (see :mod:`trio_eventbus.testing._task_leaks`)."""
+    bus spawned (anywhere in the run) may still be alive (see :mod:`trio_eventbus.testing.leaks`)."""
     async with watch_task_leaks(), teb.open_bus(case.config(), options=options) as bus:
         yield bus
 
