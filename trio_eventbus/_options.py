@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import attrs
@@ -168,6 +168,8 @@ class BusOptions:
       an exception in it is logged and counted, never propagated.
     - ``max_message_bytes``: largest encoded body accepted by ``publish`` (NATS and Kafka default to 1 MiB).
     - ``group``: the consumer group of subscriptions that do not name one.
+    - ``middleware``: async ``middleware(ctx, call_next)`` wrappers around every handler call, outermost first
+      (see ``trio_eventbus.HandlerContext``): once per attempt, for tracing, metrics, an inbox.
     """
 
     lanes: int = attrs.field(default=64, validator=_positive_int)
@@ -183,6 +185,10 @@ class BusOptions:
     on_publish_result: PublishResultCallback | None = attrs.field(default=None, eq=False)
     max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
     group: str = "default"
+    middleware: tuple[Callable[..., Awaitable[None]], ...] = attrs.field(
+        default=(),
+        validator=attrs.validators.deep_iterable(attrs.validators.is_callable(), attrs.validators.instance_of(tuple)),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.dead_letter_suffix is not None and (
