@@ -4,6 +4,7 @@ once per attempt, skipping the handler, cancellation, validation, and no cost wi
 from __future__ import annotations
 
 import sys
+import types
 
 import pytest
 import trio
@@ -95,21 +96,22 @@ async def test_the_chain_runs_once_per_in_place_attempt_and_sees_each_failure(
         await call_next()
 
     options = teb.BusOptions(middleware=(count, recorder("r", log)), retry=teb.RetryPolicy(initial_backoff=1.0))
-    async with teb.open_bus(teb.MemoryConfig(), options=options) as bus:
+    with trio.fail_after(600):  # virtual time: a broken retry fails, not hangs
+        async with teb.open_bus(teb.MemoryConfig(), options=options) as bus:
 
-        async def handler(m: teb.Message) -> None:
-            assert m.delivery_attempt == attempts[-1]
-            if m.delivery_attempt < 3:
-                raise KeyError("again")
-            done.set()
+            async def handler(m: teb.Message) -> None:
+                assert m.delivery_attempt == attempts[-1]
+                if m.delivery_attempt < 3:
+                    raise KeyError("again")
+                done.set()
 
-        await bus.subscribe("t", handler)
-        await bus.publish("t", b"x", key="k")
-        await done.wait()
-        stats = bus.statistics()
-    assert attempts == [1, 2, 3]
-    assert log == ["r>", "r!KeyError", "r>", "r!KeyError", "r>", "<r"]
-    assert (stats.handled, stats.handler_errors, stats.retries) == (1, 2, 2)
+            await bus.subscribe("t", handler)
+            await bus.publish("t", b"x", key="k")
+            await done.wait()
+            stats = bus.statistics()
+        assert attempts == [1, 2, 3]
+        assert log == ["r>", "r!KeyError", "r>", "r!KeyError", "r>", "<r"]
+        assert (stats.handled, stats.handler_errors, stats.retries) == (1, 2, 2)
 
 
 async def test_the_chain_runs_again_for_each_broker_redelivery(autojump_clock: trio.testing.MockClock) -> None:
@@ -121,17 +123,18 @@ async def test_the_chain_runs_again_for_each_broker_redelivery(autojump_clock: t
         await call_next()
 
     retry = teb.RetryPolicy(max_attempts=3, initial_backoff=1.0, strategy="redeliver")
-    async with teb.open_bus(teb.MemoryConfig(), options=teb.BusOptions(middleware=(count,), retry=retry)) as bus:
+    with trio.fail_after(600):  # virtual time: a broken retry fails, not hangs
+        async with teb.open_bus(teb.MemoryConfig(), options=teb.BusOptions(middleware=(count,), retry=retry)) as bus:
 
-        async def handler(m: teb.Message) -> None:
-            if m.delivery_attempt < 2:
-                raise KeyError("again")
-            done.set()
+            async def handler(m: teb.Message) -> None:
+                if m.delivery_attempt < 2:
+                    raise KeyError("again")
+                done.set()
 
-        await bus.subscribe("t", handler)
-        await bus.publish("t", b"x", key="k")
-        await done.wait()
-    assert attempts == [1, 2]
+            await bus.subscribe("t", handler)
+            await bus.publish("t", b"x", key="k")
+            await done.wait()
+        assert attempts == [1, 2]
 
 
 async def test_swallowing_the_failure_marks_the_attempt_handled() -> None:
@@ -314,25 +317,36 @@ async def test_a_sync_middleware_is_refused_by_open_bus() -> None:
             raise AssertionError("not reached")
 
 
-async def test_without_middleware_the_pipeline_awaits_the_handler_directly() -> None:
-    """No middleware: no context, no chain frame; the handler's caller is the pipeline's own coroutine."""
+async def test_without_middleware_no_context_is_built_and_the_handler_is_awaited_directly() -> None:
+    """No middleware: no HandlerContext, no chain frame; the handler's caller is the pipeline's own coroutine.
+    With one: a context per attempt, and the middleware is the handler's caller."""
     callers: list[str] = []
+    contexts = 0
+    init = teb.HandlerContext.__init__.__code__
     done = trio.Event()
+
+    def profile(frame: types.FrameType, event: str, arg: object) -> None:
+        nonlocal contexts
+        if event == "call" and frame.f_code is init:
+            contexts += 1
 
     async def handler(m: teb.Message) -> None:
         callers.append(sys._getframe(1).f_code.co_qualname)
-        if len(callers) == 2:
-            done.set()
+        done.set()
 
     async def mw(ctx: teb.HandlerContext, call_next: teb.CallNext) -> None:
         await call_next()
 
     with trio.fail_after(5):
-        async with teb.open_bus(teb.MemoryConfig()) as bus:
-            await bus.subscribe("t", handler)
-            await bus.publish("t", b"x", key="k")
-            async with teb.open_bus(teb.MemoryConfig(), options=teb.BusOptions(middleware=(mw,))) as with_mw:
-                await with_mw.subscribe("t", handler)
-                await with_mw.publish("t", b"x", key="k")
-                await done.wait()
-    assert sorted(callers) == ["compose.<locals>.run", mw.__qualname__]
+        for options in (teb.BusOptions(), teb.BusOptions(middleware=(mw,))):
+            done = trio.Event()
+            async with teb.open_bus(teb.MemoryConfig(), options=options) as bus:
+                await bus.subscribe("t", handler)
+                sys.setprofile(profile)
+                try:
+                    await bus.publish("t", b"x", key="k")
+                    await done.wait()
+                finally:
+                    sys.setprofile(None)
+            callers.append(f"contexts={contexts}")
+    assert callers == ["compose.<locals>.run", "contexts=0", mw.__qualname__, "contexts=1"]

@@ -233,22 +233,23 @@ async def test_in_place_retry_holds_the_lane_so_the_key_keeps_its_order(autojump
     seen: list[tuple[bytes, int]] = []
     done = trio.Event()
     options = teb.BusOptions(retry=teb.RetryPolicy(max_attempts=5, initial_backoff=1.0))
-    async with teb.open_bus(teb.MemoryConfig(), options=options) as bus:
+    with trio.fail_after(600):  # virtual time: a broken retry fails, not hangs
+        async with teb.open_bus(teb.MemoryConfig(), options=options) as bus:
 
-        async def handler(m: teb.Message) -> None:
-            seen.append((m.data, m.delivery_attempt))
-            if m.data == b"bad" and m.delivery_attempt < 3:
-                raise RuntimeError("not yet")
-            if m.data == b"next":
-                done.set()
+            async def handler(m: teb.Message) -> None:
+                seen.append((m.data, m.delivery_attempt))
+                if m.data == b"bad" and m.delivery_attempt < 3:
+                    raise RuntimeError("not yet")
+                if m.data == b"next":
+                    done.set()
 
-        await bus.subscribe("t", handler)
-        await bus.publish("t", b"bad", key="k")
-        await bus.publish("t", b"next", key="k")
-        await done.wait()
-        stats = bus.statistics()
-    assert seen == [(b"bad", 1), (b"bad", 2), (b"bad", 3), (b"next", 1)]
-    assert (stats.handled, stats.handler_errors, stats.retries, stats.redelivered) == (2, 2, 2, 0)
+            await bus.subscribe("t", handler)
+            await bus.publish("t", b"bad", key="k")
+            await bus.publish("t", b"next", key="k")
+            await done.wait()
+            stats = bus.statistics()
+        assert seen == [(b"bad", 1), (b"bad", 2), (b"bad", 3), (b"next", 1)]
+        assert (stats.handled, stats.handler_errors, stats.retries, stats.redelivered) == (2, 2, 2, 0)
 
 
 # -- dead letter -------------------------------------------------------------------------------------------
@@ -378,30 +379,31 @@ async def test_a_delivery_is_acked_only_after_its_handler_returned() -> None:
 async def test_close_deadline_naks_the_held_and_the_queued_deliveries(autojump_clock: trio.testing.MockClock) -> None:
     broker = teb.MemoryBroker()
     started = trio.Event()
-    async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=2)) as bus:
+    with trio.fail_after(600):  # virtual time: a broken retry fails, not hangs
+        async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=2)) as bus:
 
-        async def stuck(m: teb.Message) -> None:
-            started.set()
-            await trio.sleep_forever()
+            async def stuck(m: teb.Message) -> None:
+                started.set()
+                await trio.sleep_forever()
 
-        await bus.subscribe("t", stuck)
-        for n in range(3):
-            await bus.publish("t", b"%d" % n, key="k", confirm=True)
-        await started.wait()
-        await trio.testing.wait_all_tasks_blocked()
-        assert bus.statistics().lane_depth_max == 2  # one held, two queued behind it
-    assert broker.topic_statistics("t")["pending[default]"] == 3
-    seen: list[tuple[bytes, int]] = []
-    done = trio.Event()
-    async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+            await bus.subscribe("t", stuck)
+            for n in range(3):
+                await bus.publish("t", b"%d" % n, key="k", confirm=True)
+            await started.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert bus.statistics().lane_depth_max == 2  # one held, two queued behind it
+        assert broker.topic_statistics("t")["pending[default]"] == 3
+        seen: list[tuple[bytes, int]] = []
+        done = trio.Event()
+        async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
 
-        async def handler(m: teb.Message) -> None:
-            seen.append((m.data, m.delivery_attempt))
-            if len(seen) == 3:
-                done.set()
+            async def handler(m: teb.Message) -> None:
+                seen.append((m.data, m.delivery_attempt))
+                if len(seen) == 3:
+                    done.set()
 
-        await bus.subscribe("t", handler)
-        await done.wait()
-        stats = bus.statistics()
-    assert seen == [(b"0", 2), (b"1", 2), (b"2", 2)]  # redelivered, in order
-    assert (stats.redelivered, stats.handled) == (3, 3)
+            await bus.subscribe("t", handler)
+            await done.wait()
+            stats = bus.statistics()
+        assert seen == [(b"0", 2), (b"1", 2), (b"2", 2)]  # redelivered, in order
+        assert (stats.redelivered, stats.handled) == (3, 3)
