@@ -1,7 +1,8 @@
 """The handler pipeline of one subscription: the steps, composed once at subscribe time.
 
-Like Watermill's middleware, each step wraps the next, and the composition is built once per subscription
-(:func:`compose`), never per message::
+Like Watermill's middleware, each step is handed the next one when the pipeline is composed and wraps it:
+the retry step re-runs the attempt and hands an exhausted delivery to the dead-letter step, which hands it to
+the settle step. The composition is built once per subscription (:func:`compose`), never per message::
 
     run(delivery)                          one coroutine per delivery, awaited by its lane or worker
       decode        (.decode)              Message / Envelope; undecodable -> dead-letter at once
