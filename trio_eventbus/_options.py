@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Literal
 
 import attrs
@@ -183,12 +183,12 @@ class BusOptions:
     publish_batch: int = attrs.field(default=500, validator=_positive_int)
     results_buffer: int = attrs.field(default=10_000, validator=_positive_int)
     on_publish_result: PublishResultCallback | None = attrs.field(default=None, eq=False)
-    max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
-    group: str = "default"
-    middleware: tuple[Callable[..., Awaitable[None]], ...] = attrs.field(
+    middleware: tuple[Callable[..., object], ...] = attrs.field(
         default=(),
         validator=attrs.validators.deep_iterable(attrs.validators.is_callable(), attrs.validators.instance_of(tuple)),
     )
+    max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
+    group: str = "default"
 
     def __attrs_post_init__(self) -> None:
         if self.dead_letter_suffix is not None and (

@@ -10,6 +10,7 @@ backend (``settle``), publisher (dead letters) and options (retry policy, dead-l
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from typing import cast
 
 import trio
 
@@ -18,7 +19,7 @@ from .._options import BusOptions
 from .._publish.pipeline import PublishPipeline
 from .dead_letter import DeadLetter, dead_letter_topic
 from .lanes import KeyedLanes
-from .middleware import Handler, check_async
+from .middleware import Handler, Middleware, check_async
 from .pipeline import Subscription, compose
 from .router import Router
 from .settle import Counters, Settle
@@ -42,6 +43,7 @@ class Dispatcher:
     ) -> None:
         for middleware in options.middleware:
             check_async(middleware, "middleware")
+        self._middleware = cast(tuple[Middleware, ...], options.middleware)  # checked async just above
         self._options = options
         self._redeliver = options.retry.strategy == "redeliver" and backend.features.redelivers
         self._publisher = publisher
@@ -86,7 +88,7 @@ class Dispatcher:
         run = compose(
             handler,
             envelopes=envelopes,
-            middleware=options.middleware,
+            middleware=self._middleware,
             retry=options.retry,
             redeliver=self._redeliver,
             dead_letter=dead_letter,
