@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
 
-import outcome
 import pytest
 import trio
 import trio.testing
 import trio_asyncio
 import uvloop
 
-from trio_eventbus.backends._bridge.bridge import BatchPipe, Bridge, BridgeError, open_bridge, run_batch
+from trio_eventbus.backends._bridge import BatchPipe, Bridge, BridgeError, open_bridge
 
 # "thread" uses uvloop (installed here); "thread-asyncio" is the fallback loop when uvloop is missing.
 Kind = Literal["thread", "thread-asyncio", "trio-asyncio"]
@@ -370,34 +369,6 @@ async def test_closed_bridge_refuses_work(kind: Kind) -> None:
             bridge.spawn(noop)
         with pytest.raises(BridgeError, match="closed"):
             bridge.call_soon(print)
-
-
-@each_kind
-@pytest.mark.trio
-async def test_run_batch_submits_in_order_and_returns_one_outcome_per_item(kind: Kind) -> None:
-    submitted: list[int] = []
-
-    async def submit(x: int) -> asyncio.Future[int]:
-        submitted.append(x)
-        if x == 3:
-            raise KeyError(x)
-        ack: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if x == 5:
-            ack.set_exception(ValueError(x))
-        else:
-            asyncio.get_running_loop().call_soon(ack.set_result, x * 10)
-        return ack
-
-    with trio.fail_after(TIMEOUT):
-        async with bridge_for(kind) as bridge:
-            outcomes = await run_batch(bridge, submit, range(8))
-            assert bridge.statistics().crossings == 1
-    assert submitted == list(range(8))
-    assert [o.value for o in outcomes if isinstance(o, outcome.Value)] == [0, 10, 20, 40, 60, 70]
-    assert isinstance(outcomes[3], outcome.Error)
-    assert isinstance(outcomes[3].error, KeyError)
-    assert isinstance(outcomes[5], outcome.Error)
-    assert isinstance(outcomes[5].error, ValueError)
 
 
 @each_kind

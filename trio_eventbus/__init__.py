@@ -17,6 +17,7 @@ from __future__ import annotations
 from ._abc import Backend, BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
 from ._bus import BackendConfig, EventBus, open_bus
 from ._codec import decode_envelope, encode_envelope
+from ._dispatch.middleware import CallNext, HandlerContext, Middleware
 from ._envelope import Envelope, Message, new_event_id
 from ._exceptions import (
     AlreadySubscribedError,
@@ -45,12 +46,14 @@ __all__ = [
     "BackendUnavailable",
     "BusClosedError",
     "BusOptions",
+    "CallNext",
     "Delivery",
     "DeliverySink",
     "Disposition",
     "Envelope",
     "EventBus",
     "EventBusError",
+    "HandlerContext",
     "HandlerError",
     "InvalidEnvelopeError",
     "InvalidHandlerError",
@@ -61,6 +64,7 @@ __all__ = [
     "MemoryConfig",
     "Message",
     "MessageTooLargeError",
+    "Middleware",
     "NatsConfig",
     "Outcome",
     "OutgoingMessage",

@@ -168,6 +168,8 @@ class BusOptions:
       an exception in it is logged and counted, never propagated.
     - ``max_message_bytes``: largest encoded body accepted by ``publish`` (NATS and Kafka default to 1 MiB).
     - ``group``: the consumer group of subscriptions that do not name one.
+    - ``middleware``: async ``middleware(ctx, call_next)`` wrappers around every handler call, outermost first
+      (see ``trio_eventbus.HandlerContext``): once per attempt, for tracing, metrics, an inbox.
     """
 
     lanes: int = attrs.field(default=64, validator=_positive_int)
@@ -181,6 +183,10 @@ class BusOptions:
     publish_batch: int = attrs.field(default=500, validator=_positive_int)
     results_buffer: int = attrs.field(default=10_000, validator=_positive_int)
     on_publish_result: PublishResultCallback | None = attrs.field(default=None, eq=False)
+    middleware: tuple[Callable[..., object], ...] = attrs.field(
+        default=(),
+        validator=attrs.validators.deep_iterable(attrs.validators.is_callable(), attrs.validators.instance_of(tuple)),
+    )
     max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
     group: str = "default"
 

@@ -1,44 +1,42 @@
-"""Consumer tasks over bounded queues (:class:`~.queue.BoundedQueue`), and the WorkerPool for keyless messages.
+"""Consumer tasks over bounded queues (:class:`~trio_eventbus._queue.BoundedQueue`), and the WorkerPool.
 
-:class:`ChannelTasks` runs consumer tasks over queues; each task takes items in FIFO order and awaits
-``process(item)`` for one item at a time. A task takes queued items without yielding to the scheduler in
+:class:`ChannelTasks` runs consumer tasks over queues of work items: ``(run, arg)`` pairs, as in
+``nursery.start_soon(run, arg)``. Each task takes items in FIFO order and awaits ``run(arg)`` for one item at
+a time (the router queues a subscription's pipeline with each delivery, so a lane serves every subscription
+at no extra call per message). A task takes queued items without yielding to the scheduler in
 between (it parks only on an empty queue), so a busy lane costs no extra scheduler passes; the queue bound
 limits how long that can run without a checkpoint. :class:`WorkerPool` is ``workers`` tasks sharing one queue:
 keyless messages run concurrently with no order between them.
 
 Closing: :meth:`ChannelTasks.close_inputs` lets every task finish what its queue holds and exit (a ``put``
 afterwards raises ``trio.ClosedResourceError``); :meth:`ChannelTasks.wait_finished` waits for that.
-Cancellation (from outside, or :meth:`ChannelTasks.cancel`): a task cancelled mid-item hands the item it held
-and every item still queued to ``abandon`` (the bus naks them so the broker redelivers them) before it exits.
+Cancellation (from outside, or :meth:`ChannelTasks.cancel`): a task cancelled mid-item hands the ``arg`` of the
+item it held and of every item still queued to ``abandon`` (the bus naks those deliveries so the broker
+redelivers them) before it exits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import trio
 
 from .._queue import BoundedQueue
 
-__all__ = ["ChannelTasks", "WorkerPool"]
+__all__ = ["ChannelTasks", "Work", "WorkerPool"]
 
-T = TypeVar("T")
+A = TypeVar("A")
+#: A work item: ``run(arg)`` is awaited by the task that takes it.
+Work: TypeAlias = tuple[Callable[[A], Awaitable[object]], A]
 _NOTHING: Any = object()  # BoundedQueue.poll's "empty" marker
 
 
-class ChannelTasks(Generic[T]):
-    """Consumer tasks over queues: one task per entry of ``queues`` (see the module docstring)."""
+class ChannelTasks(Generic[A]):
+    """Consumer tasks over queues of :data:`Work`: one task per entry of ``queues`` (see the module docstring)."""
 
-    def __init__(
-        self,
-        queues: Sequence[BoundedQueue[T]],
-        process: Callable[[T], Awaitable[None]],
-        abandon: Callable[[T], None],
-        name: str,
-    ) -> None:
+    def __init__(self, queues: Sequence[BoundedQueue[Work[A]]], abandon: Callable[[A], None], name: str) -> None:
         self._queues = list(queues)
-        self._process = process
         self._abandon = abandon
         self._name = name
         self.busy = 0
@@ -54,21 +52,20 @@ class ChannelTasks(Generic[T]):
 
     async def _run(
         self,
-        queue: BoundedQueue[T],
+        queue: BoundedQueue[Work[A]],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self.alive += 1
         task_status.started()
-        item: T | None = None
-        held = cancelled = False
+        held: Work[A] | None = None
+        cancelled = False
         scope = trio.CancelScope()
         self._scopes.append(scope)
         if self._cancelled:
             scope.cancel()
         try:
             with scope:
-                process = self._process
                 while True:
                     # take queued items without a scheduler round trip; park only when the queue is empty
                     item = queue.poll(_NOTHING)
@@ -76,30 +73,30 @@ class ChannelTasks(Generic[T]):
                         if await queue.wait_readable():
                             continue
                         break
-                    held = True
+                    held = item
                     self.busy += 1
                     try:
-                        await process(item)
+                        await item[0](item[1])
                     finally:
                         self.busy -= 1
-                    held = False
+                    held = None
             cancelled = scope.cancelled_caught  # by cancel()
         except trio.Cancelled:  # from outside (hard stop)
             cancelled = True
             raise
         finally:
             if cancelled:  # hand back the item we held and everything queued behind it
-                if held:
-                    self._abandon(item)  # type: ignore[arg-type]
+                if held is not None:
+                    self._abandon(held[1])
                 self._drain(queue)
             self.alive -= 1
             if self.alive == 0:
                 self._finished.set()
 
-    def _drain(self, queue: BoundedQueue[T]) -> None:
+    def _drain(self, queue: BoundedQueue[Work[A]]) -> None:
         while True:
             try:
-                self._abandon(queue.get_nowait())
+                self._abandon(queue.get_nowait()[1])
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
 
@@ -124,22 +121,9 @@ class ChannelTasks(Generic[T]):
             await self._finished.wait()
 
 
-class WorkerPool(ChannelTasks[T]):
+class WorkerPool(ChannelTasks[A]):
     """``workers`` tasks over one bounded queue of ``buffer`` items; no order between items."""
 
-    def __init__(
-        self,
-        workers: int,
-        buffer: int,
-        process: Callable[[T], Awaitable[None]],
-        abandon: Callable[[T], None],
-    ) -> None:
-        self.queue: BoundedQueue[T] = BoundedQueue(buffer)
-        super().__init__([self.queue] * workers, process, abandon, "teb-worker")
-
-    async def send(self, item: T) -> None:
-        """Queue ``item``; waits while the queue is full. Raises ``trio.ClosedResourceError`` after close."""
-        try:
-            self.queue.put_nowait(item)
-        except trio.WouldBlock:
-            await self.queue.put(item)
+    def __init__(self, workers: int, buffer: int, abandon: Callable[[A], None]) -> None:
+        self.queue: BoundedQueue[Work[A]] = BoundedQueue(buffer)
+        super().__init__([self.queue] * workers, abandon, "teb-worker")

@@ -1,19 +1,13 @@
 """The asyncio bridge: the only package that drives an asyncio event loop, with batched crossings both ways.
 
-Trio → asyncio: :meth:`Bridge.run`, :func:`run_batch`, :class:`LoopInbox`; asyncio → Trio: :class:`BatchPipe`.
+Trio → asyncio: :meth:`Bridge.run` (one crossing per call, given a whole batch) and :class:`LoopInbox`;
+asyncio → Trio: :class:`BatchPipe`. Modules: :mod:`.bridge` (the loop, its strategies, :func:`open_bridge`),
+:mod:`.inbox`, :mod:`.pipe`.
 """
 
-from .bridge import (
-    BatchPipe,
-    Bridge,
-    BridgeError,
-    BridgeStatistics,
-    PipeStatistics,
-    application_loop,
-    open_bridge,
-    run_batch,
-)
+from .bridge import Bridge, BridgeError, BridgeStatistics, application_loop, open_bridge
 from .inbox import LoopInbox
+from .pipe import BatchPipe, PipeStatistics
 
 __all__ = [
     "BatchPipe",
@@ -24,5 +18,4 @@ __all__ = [
     "PipeStatistics",
     "application_loop",
     "open_bridge",
-    "run_batch",
 ]

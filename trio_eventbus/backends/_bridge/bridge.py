@@ -9,8 +9,8 @@ Broker clients (nats-py, aiokafka) are asyncio libraries. Backends run them on a
 * ``"trio-asyncio"``: the application's running ``trio_asyncio.open_loop()`` loop, shared.
 
 A crossing costs tens to hundreds of microseconds, so cross per *batch*, never per message: :meth:`Bridge.run`
-is one crossing, :func:`run_batch` submits a whole batch in one crossing, and :class:`BatchPipe` carries items
-from asyncio to Trio waking Trio once per batch, not per item.
+is one crossing (callers hand it a whole batch), :class:`~.inbox.LoopInbox` carries items from Trio to the
+loop and :class:`~.pipe.BatchPipe` from the loop to Trio, one wake-up per batch, not per item.
 
 Ordering: callables posted from Trio (starting a ``run``/``spawn`` task, a ``call_soon`` callback) execute on
 the loop in posting order. Error policy: an asyncio-side failure that no Trio caller waits for (a spawned
@@ -22,7 +22,6 @@ re-raised when the block exits: the original exception if it is the only failure
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import itertools
 import sys
@@ -32,16 +31,13 @@ from contextlib import asynccontextmanager
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, TypeVarTuple
 
 import attrs
-import outcome
 import trio
 
 from ..._exceptions import EventBusError
 
-__all__ = ["BatchPipe", "Bridge", "BridgeError", "BridgeStatistics", "PipeStatistics", "open_bridge"]
-__all__ += ["application_loop", "run_batch"]
+__all__ = ["Bridge", "BridgeError", "BridgeStatistics", "application_loop", "open_bridge"]
 
 T = TypeVar("T")
-X = TypeVar("X")
 P = ParamSpec("P")
 Ts = TypeVarTuple("Ts")
 _Post = Callable[[Callable[[], object]], object]  # "run this callable soon, over there"
@@ -63,18 +59,6 @@ class BridgeStatistics:
     spawned: int
     errors: int  # asyncio-side failures recorded (raised when open_bridge exits)
     closing: bool
-
-
-@attrs.frozen
-class PipeStatistics:
-    buffered: int
-    capacity: int
-    items_put: int
-    batches: int  # receive_batch() calls that returned items
-    trio_wakeups: int  # asyncio -> Trio wake-ups
-    space_wakeups: int  # Trio -> asyncio wake-ups of waiting put() calls
-    put_waiters: int
-    closed: bool
 
 
 class _Call(Generic[T]):
@@ -475,164 +459,3 @@ async def open_bridge(
             if len(errors) == 1:
                 raise errors[0]
             raise BaseExceptionGroup(f"{len(errors)} failures on the asyncio side of the bridge", errors)
-
-
-async def run_batch(
-    bridge: Bridge, submit: Callable[[X], Awaitable[Awaitable[T]]], items: Sequence[X]
-) -> list[outcome.Maybe[T]]:
-    """Submit a batch and collect one outcome per item, in item order, in ONE crossing.
-
-    The hot-path shape of nats-py ``publish_async`` and aiokafka ``send``: ``await submit(item)`` enqueues the
-    item and returns a future of its acknowledgement. Phase 1 submits the items one after the other, in order
-    (per-key order is kept; a failing submit becomes that item's ``Error`` and the next items still go).
-    Phase 2 waits for all acknowledgements at once. Results are ``outcome.Value``/``outcome.Error``; a
-    cancelled acknowledgement is ``Error(CancelledError())``. Cancellation as in :meth:`Bridge.run`, and the
-    acknowledgements still pending are cancelled.
-    """
-    return await bridge.run(_submit_and_collect, submit, items)
-
-
-async def _submit_and_collect(
-    submit: Callable[[X], Awaitable[Awaitable[T]]], items: Sequence[X]
-) -> list[outcome.Maybe[T]]:
-    acks: list[asyncio.Future[T] | BaseException] = []
-    try:
-        for item in items:
-            try:
-                acks.append(asyncio.ensure_future(await submit(item)))
-            except Exception as exc:
-                acks.append(exc)
-        # Waiting on an already-done future still costs a loop pass per future: only wait for the others.
-        if pending := [a for a in acks if isinstance(a, asyncio.Future) and not a.done()]:
-            await asyncio.wait(pending)
-    finally:
-        for ack in acks:
-            if isinstance(ack, asyncio.Future) and not ack.done():
-                ack.cancel()
-    return [_ack_outcome(a) for a in acks]
-
-
-def _ack_outcome(ack: asyncio.Future[T] | BaseException) -> outcome.Maybe[T]:
-    if isinstance(ack, BaseException):
-        return outcome.Error(ack)
-    if ack.cancelled():
-        return outcome.Error(asyncio.CancelledError())
-    exc = ack.exception()
-    return outcome.Value(ack.result()) if exc is None else outcome.Error(exc)
-
-
-class BatchPipe(Generic[T]):
-    """A bounded FIFO from the asyncio side to the Trio side, with batched wake-ups.
-
-    The asyncio side calls :meth:`put_nowait`, :meth:`put` and :meth:`close` on the loop thread; the Trio side
-    calls :meth:`receive_batch`. Trio is woken (one crossing) only if it is parked in :meth:`receive_batch`,
-    and only once per loop iteration: the wake-up is sent after the asyncio step that made the pipe
-    non-empty, so a step that puts a whole fetch of 500 items wakes Trio once; items put while the wake-up
-    travels or while Trio works on a batch just accumulate. Likewise a waiting :meth:`put` is woken by one
-    crossing when a receive frees room. Backpressure: at ``capacity`` items ``put_nowait`` returns False and
-    ``put`` waits, in asyncio. Cancellation on either side loses no item and adds none.
-    """
-
-    def __init__(self, bridge: Bridge, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be > 0, got {capacity}")
-        self._bridge, self._capacity = bridge, capacity
-        self._lock = threading.Lock()  # guards _buf, _closed, _receiver, _wake_pending, _space_wanted
-        self._buf: collections.deque[T] = collections.deque()
-        self._closed = self._wake_pending = self._space_wanted = False
-        self._receiver: trio.Event | None = None  # armed while Trio is parked in receive_batch
-        self._space = asyncio.Event()  # loop thread only
-        self._items_put = self._batches = self._trio_wakeups = self._space_wakeups = self._put_waiters = 0
-
-    def __repr__(self) -> str:
-        s = self.statistics()
-        return (
-            f"<BatchPipe buffered={s.buffered}/{s.capacity} put={s.items_put} batches={s.batches} "
-            f"wakeups={s.trio_wakeups} put_waiters={s.put_waiters} closed={s.closed}>"
-        )
-
-    def statistics(self) -> PipeStatistics:
-        counts = (self._items_put, self._batches, self._trio_wakeups, self._space_wakeups, self._put_waiters)
-        return PipeStatistics(len(self._buf), self._capacity, *counts, self._closed)
-
-    def put_nowait(self, item: T) -> bool:
-        """asyncio side: append ``item``, or return False if full. :class:`BridgeError` if closed."""
-        return self._offer(item, want_space=False)
-
-    async def put(self, item: T) -> None:
-        """asyncio side: append ``item``, waiting while the pipe is full. :class:`BridgeError` if closed."""
-        while not self._offer(item, want_space=True):
-            self._put_waiters += 1
-            try:
-                await self._space.wait()
-            finally:
-                self._put_waiters -= 1
-
-    def _offer(self, item: T, *, want_space: bool) -> bool:
-        with self._lock:
-            if self._closed:
-                raise BridgeError("put on a closed BatchPipe")
-            if len(self._buf) >= self._capacity:
-                if want_space:
-                    self._space_wanted = True
-                    self._space.clear()
-                return False
-            self._buf.append(item)
-            self._items_put += 1
-            if self._receiver is None or self._wake_pending:
-                return True
-            self._wake_pending = True
-        self._bridge.loop.call_soon(self._wake)  # after this step, which may put many more items
-        return True
-
-    def _wake(self) -> None:  # loop thread
-        with self._lock:
-            self._wake_pending = False
-            receiver, self._receiver = self._receiver, None
-        if receiver is not None:
-            self._trio_wakeups += 1
-            self._bridge._to_trio(receiver.set)
-
-    def close(self) -> None:
-        """asyncio side: no more items. Trio receives what is buffered, then ``trio.EndOfChannel``."""
-        with self._lock:
-            self._closed = True
-            receiver, self._receiver = self._receiver, None
-        if receiver is not None:
-            self._bridge._to_trio(receiver.set)
-        self._space.set()  # waiting put() calls wake up and raise BridgeError
-
-    async def receive_batch(self, max_items: int) -> list[T]:
-        """Trio side: wait for at least one item; return up to ``max_items`` of them, in FIFO order.
-
-        Raises ``trio.EndOfChannel`` once the pipe is closed and drained. Always a checkpoint; cancelled while
-        waiting, it takes no item.
-        """
-        if max_items < 1:
-            raise ValueError(f"max_items must be > 0, got {max_items}")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
-        while True:
-            with self._lock:
-                if buf := self._buf:
-                    if len(buf) <= max_items:
-                        batch = list(buf)
-                        buf.clear()
-                    else:
-                        batch = [buf.popleft() for _ in range(max_items)]
-                    notify, self._space_wanted = self._space_wanted, False
-                    break
-                if self._closed:
-                    raise trio.EndOfChannel
-                if self._receiver is None:
-                    self._receiver = trio.Event()
-                receiver = self._receiver
-            waited = True
-            await receiver.wait()
-        self._batches += 1
-        if notify:
-            self._space_wakeups += 1
-            self._bridge._submit(self._space.set, quiet=True)
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return batch

@@ -92,7 +92,7 @@ from ..._exceptions import (
     InvalidOptionError,
 )
 from ..._options import TopicOptions
-from .._bridge.bridge import BatchPipe, Bridge, BridgeError, open_bridge
+from .._bridge import BatchPipe, Bridge, BridgeError, open_bridge
 from .config import KafkaConfig
 from .consume import GroupConsumer
 from .partition import Partition

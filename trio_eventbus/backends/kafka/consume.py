@@ -66,7 +66,7 @@ from aiokafka.errors import KafkaError
 
 from ..._abc import Delivery, DeliverySink
 from ..._exceptions import BackendUnavailable
-from .._bridge.bridge import BatchPipe, Bridge, BridgeError
+from .._bridge import BatchPipe, Bridge, BridgeError
 from .fetch import AioGroup, Assigned, Item, Records, Revoked, Rewound
 from .partition import Partition, decode
 

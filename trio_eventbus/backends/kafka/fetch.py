@@ -26,7 +26,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from .._bridge.bridge import BatchPipe, BridgeError
+from .._bridge import BatchPipe, BridgeError
 
 __all__ = ["AioGroup", "Assigned", "Item", "Records", "Revoked", "Rewound"]
 

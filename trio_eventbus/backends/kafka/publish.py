@@ -35,7 +35,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ..._abc import Outcome, OutgoingMessage
 from ..._exceptions import MessageTooLargeError, PublishError
-from .._bridge.bridge import BatchPipe, BridgeError
+from .._bridge import BatchPipe, BridgeError
 
 __all__ = ["H_EVENT_ID", "H_MESSAGE_ID", "AioPublisher"]
 

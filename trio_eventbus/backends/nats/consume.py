@@ -43,7 +43,7 @@ import attrs
 import trio
 
 from ..._abc import Delivery, DeliverySink, Disposition
-from .._bridge.bridge import BatchPipe, Bridge, BridgeError
+from .._bridge import BatchPipe, Bridge, BridgeError
 from .._bridge.inbox import LoopInbox
 from .wire import ACK, NAK, TERM, attempt_of, nak_delay, to_delivery
 

@@ -40,7 +40,7 @@ from nats.js.errors import APIError
 
 from ..._abc import Outcome
 from ..._exceptions import PublishError
-from .._bridge.bridge import BatchPipe, Bridge
+from .._bridge import BatchPipe, Bridge
 from .._bridge.inbox import LoopInbox
 from .wire import translate
 

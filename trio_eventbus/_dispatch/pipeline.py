@@ -1,0 +1,93 @@
+"""The handler pipeline of one subscription: the steps, composed once at subscribe time.
+
+Like Watermill's middleware, each step is handed the next one when the pipeline is composed and wraps it:
+the retry step re-runs the attempt and hands an exhausted delivery to the dead-letter step, which hands it to
+the settle step. The composition is built once per subscription (:func:`compose`), never per message::
+
+    run(delivery)                          one coroutine per delivery, awaited by its lane or worker
+      decode        (.decode)              Message / Envelope; undecodable -> dead-letter at once
+      attempt       (.middleware)          BusOptions.middleware around the handler (or the bare handler)
+      settle        (.settle)              returned: ACK (handled)
+      raised: retry (.retry)               in place (sleep, attempt again) or redeliver (NAK + backoff)
+        exhausted:  dead-letter (.dead_letter)   publish <topic>.dlq, confirmed, then TERM; failed: NAK
+
+The success path costs one frame besides the handler's (``run`` itself: decode, the handler call and the
+settlement are plain calls inside it); the steps that act on failure (retry, dead-letter) are entered only
+when an attempt raised. With no middleware configured the handler is awaited directly.
+
+Guarantees (see :mod:`trio_eventbus._dispatch` for the whole procedure): a delivery is settled exactly once,
+as the last action of the step that settles it; acked only when handled, dead-lettered or discarded by
+configuration; a ``BaseException`` (``trio.Cancelled``) from the handler or a step is not caught here: it
+reaches the lane, which naks the delivery (and everything queued behind it) for redelivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from .._abc import Delivery
+from .._exceptions import InvalidEnvelopeError
+from .._options import RetryPolicy
+from .dead_letter import DeadLetter
+from .decode import Undecodable, decoder
+from .middleware import Handler, Middleware, chain
+from .retry import Retry
+from .router import Router, Run
+from .settle import Settle
+
+__all__ = ["Subscription", "compose"]
+
+
+def compose(
+    handler: Handler,
+    *,
+    envelopes: bool,
+    middleware: Sequence[Middleware],
+    retry: RetryPolicy,
+    redeliver: bool,
+    dead_letter: DeadLetter,
+    settle: Settle,
+) -> Run:
+    """The pipeline ``run(delivery)`` of one subscription (see the module docstring)."""
+    decode = decoder(envelopes)
+    undecodable = Undecodable(dead_letter, settle.counters)
+    attempt = chain(middleware, handler, dead_letter.topic, dead_letter.group)
+    failed = Retry(
+        retry, redeliver=redeliver, attempt=attempt, dead_letter=dead_letter, settle=settle, topic=dead_letter.topic
+    )
+    handled = settle.handled
+    direct = not middleware
+
+    async def run(delivery: Delivery) -> None:
+        try:
+            value = decode(delivery)
+        except InvalidEnvelopeError as exc:
+            await undecodable(delivery, exc)
+            return
+        try:
+            if direct:
+                await handler(value)
+            else:
+                await attempt(delivery, value, delivery.attempt)
+        except Exception as exc:
+            await failed(delivery, value, exc)
+        else:
+            handled(delivery)
+
+    return run
+
+
+@attrs.define(slots=True, eq=False)
+class Subscription:
+    """One (topic, group) subscription of a bus: its composed pipeline, and the backend's delivery sink."""
+
+    topic: str
+    group: str
+    run: Run
+    router: Router
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> None:
+        """Route each delivery to its lane (by key) or to the worker pool; waits while they are full."""
+        await self.router.route(self.run, deliveries)

@@ -1,0 +1,105 @@
+"""The router: the one path from a backend's fetcher to the lanes and the worker pool.
+
+:meth:`Router.route` takes a fetched batch of one subscription and queues each delivery, in batch order, as
+the work item ``(run, delivery)`` (``run`` is the subscription's composed pipeline, :mod:`.pipeline`): on the
+lane of its key (:class:`~.lanes.KeyedLanes`: per-key order) or, keyless, on the worker pool
+(:class:`~.workers.WorkerPool`: no order). It counts redeliveries (``attempt > 1``).
+
+Backpressure: while a queue has room a delivery is queued without awaiting; at a full queue ``route`` waits
+(the fetcher, hence the broker, waits with it) until the lane has drained to half its buffer. ``route`` is a
+checkpoint once per batch, not per delivery.
+
+Closing and cancellation: after :meth:`Router.close_inputs` lanes and workers finish what they hold and exit;
+a delivery routed after that (or while the bus stops) is abandoned at once: nak'ed, so the broker redelivers
+it. :meth:`Router.cancel` cancels every lane and worker; each naks the delivery it held and everything queued
+behind it (``abandon``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from .._abc import Delivery
+from .lanes import KeyedLanes
+from .settle import Counters
+from .workers import WorkerPool
+
+__all__ = ["Router", "Run"]
+
+#: A subscription's pipeline: ``await run(delivery)`` handles and settles one delivery.
+Run = Callable[[Delivery], Awaitable[None]]
+
+
+class Router:
+    """``lanes`` keyed lanes of ``lane_buffer`` and ``workers`` workers sharing ``worker_buffer`` (see the
+    module docstring); ``abandon`` naks a delivery that will not be handled."""
+
+    def __init__(
+        self,
+        *,
+        lanes: int,
+        lane_buffer: int,
+        workers: int,
+        worker_buffer: int,
+        abandon: Callable[[Delivery], None],
+        counters: Counters,
+    ) -> None:
+        self._abandon = abandon
+        self._counters = counters
+        self.lanes: KeyedLanes[Delivery] = KeyedLanes(lanes, lane_buffer, abandon)
+        self.workers: WorkerPool[Delivery] = WorkerPool(workers, worker_buffer, abandon)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start every lane and worker task in ``nursery``; returns when all run."""
+        await self.lanes.start(nursery)
+        await self.workers.start(nursery)
+
+    async def route(self, run: Run, deliveries: Sequence[Delivery]) -> None:
+        """Queue ``(run, delivery)`` for each delivery, in order, on its key's lane or the worker pool."""
+        counters = self._counters
+        by_key = self.lanes.by_key
+        queue_of = self.lanes.queue_of
+        pool = self.workers.queue
+        for delivery in deliveries:
+            if delivery.attempt > 1:
+                counters.redelivered += 1
+            key = delivery.key
+            if key:
+                queue = by_key.get(key)
+                if queue is None:
+                    queue = queue_of(key)
+            else:
+                queue = pool
+            item = (run, delivery)
+            try:
+                queue.put_nowait(item)
+            except trio.WouldBlock:
+                try:
+                    await queue.put(item)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._abandon(delivery)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._abandon(delivery)  # the bus is stopping: hand it back for redelivery
+        await trio.lowlevel.checkpoint()
+
+    def close_inputs(self) -> None:
+        """Let lanes and workers finish what they hold, then exit."""
+        self.lanes.close_inputs()
+        self.workers.close_inputs()
+
+    def cancel(self) -> None:
+        """Cancel every lane and worker; held and queued deliveries are abandoned (nak'ed)."""
+        self.lanes.cancel()
+        self.workers.cancel()
+
+    async def wait_finished(self) -> None:
+        """Wait until every lane and worker task has exited."""
+        await self.lanes.wait_finished()
+        await self.workers.wait_finished()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries being processed by a lane or worker task right now."""
+        return self.lanes.busy + self.workers.busy
