@@ -51,7 +51,14 @@ class InvalidTopicError(EventBusError, ValueError):
 
 
 class InvalidOptionError(EventBusError, ValueError):
-    """An option value is out of range (for example a zero or negative size)."""
+    """An option value is out of range (for example a zero or negative size).
+
+    ``field`` names the option (``None`` when the error concerns several, such as ``user`` with ``password``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidHandlerError(EventBusError, TypeError):

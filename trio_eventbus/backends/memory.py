@@ -35,9 +35,9 @@ from collections.abc import Mapping, Sequence
 import attrs
 import trio
 
+from .. import _validate as v
 from .._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
 from .._envelope import Envelope
-from .._exceptions import InvalidOptionError
 from .._options import TopicOptions
 
 __all__ = ["MemoryBackend", "MemoryBroker", "MemoryConfig"]
@@ -227,8 +227,7 @@ class MemoryBroker:
     """An in-process broker. Share one between buses (``MemoryConfig(broker=...)``) in the same Trio run."""
 
     def __init__(self, *, topic_capacity: int = 100_000) -> None:
-        if topic_capacity <= 0:
-            raise InvalidOptionError("topic_capacity must be > 0")
+        v.check(v.positive_int, "topic_capacity", topic_capacity)
         self._capacity = topic_capacity
         self._topics: dict[str, _Topic] = {}
 
@@ -270,11 +269,7 @@ class MemoryConfig:
     """
 
     broker: MemoryBroker | None = attrs.field(default=None, eq=False)
-    fetch_batch: int = 256
-
-    def __attrs_post_init__(self) -> None:
-        if self.fetch_batch <= 0:
-            raise InvalidOptionError("fetch_batch must be > 0")
+    fetch_batch: int = attrs.field(default=256, validator=v.positive_int)
 
     def create_backend(self) -> MemoryBackend:
         """A backend on the shared broker, or on a new private one."""
