@@ -66,7 +66,7 @@ from ..._abc import Delivery, DeliverySink
 from ..._exceptions import BackendUnavailable
 from .._bridge.bridge import BatchPipe, Bridge, BridgeError
 from .fetch import AioGroup, Assigned, Item, Records, Revoked, Rewound
-from .publish import H_EVENT_ID, H_MESSAGE_ID
+from .wire import H_EVENT_ID, H_MESSAGE_ID
 
 __all__ = ["GroupConsumer"]
 

@@ -29,8 +29,7 @@ Topics
 Publishing (:mod:`.publish`)
     JetStream async publish (reply inbox per bus, at most ``max_pending_publishes`` PubAcks awaited), one
     ack handler; ``Nats-Msg-Id`` = the message id (``event_id`` for envelopes): JetStream acks a duplicate
-    inside the window without storing it. A raw message's key travels in ``X-Message-Key`` (envelopes:
-    ``X-Aggregate-ID``).
+    inside the window without storing it. The key travels in ``X-Message-Key`` (see :mod:`.wire`).
 
 Consuming (:mod:`.consume`)
     A durable pull consumer per (topic, group) (explicit acks, ``ack_wait``, ``max_ack_pending``,
@@ -76,13 +75,19 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
-from ..._exceptions import BackendUnavailable, BusClosedError, EventBusError, InvalidOptionError, InvalidTopicError
+from ..._exceptions import (
+    BackendUnavailable,
+    BusClosedError,
+    InvalidOptionError,
+    InvalidTopicError,
+    map_exceptions,
+)
 from ..._options import TopicOptions
 from .._bridge.bridge import Bridge, BridgeError, open_bridge
 from .config import NatsConfig, _mask_url
 from .consume import CoreListener, Puller, Settler, Subscription
 from .publish import Publisher, WireItem
-from .wire import api_error_code, durable_name, stream_name, translate, wire_message
+from .wire import NATS_ERRORS, api_error_code, durable_name, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
 
@@ -268,12 +273,8 @@ class NatsBackend:
             return
         name = stream_name(self._config.stream_prefix, topic)
         config = self._stream_config(topic, name, options)
-        try:
+        with map_exceptions(NATS_ERRORS, f"cannot create stream {name!r} for topic {topic!r}"):
             await self._bridge.run(self._aio_ensure_stream, config)
-        except EventBusError:
-            raise
-        except Exception as exc:
-            raise translate(exc, f"cannot create stream {name!r} for topic {topic!r}") from exc
         self._topics[topic] = _Topic(topic, True, name, config)
 
     def _stream_config(self, topic: str, name: str, o: TopicOptions) -> api.StreamConfig:
@@ -362,7 +363,7 @@ class NatsBackend:
         capacity = 1_000_000 if info.persistent else 10 * cfg.fetch_batch
         sub = Subscription(topic, group, sink, self._bridge, capacity, persistent=info.persistent)
         source: Puller | CoreListener
-        try:
+        with map_exceptions(NATS_ERRORS, f"cannot subscribe to {topic!r} in group {group!r}"):
             if info.persistent:
                 assert info.stream is not None
                 assert info.config is not None
@@ -373,10 +374,6 @@ class NatsBackend:
             else:
                 source = CoreListener(self._nc, sub, cfg.request_timeout)
                 await self._bridge.run(source.start)
-        except EventBusError:
-            raise
-        except Exception as exc:
-            raise translate(exc, f"cannot subscribe to {topic!r} in group {group!r}") from exc
         sub.source = source
         if self._consuming_stopped:  # the bus began closing while the consumer was being created
             await self._bridge.run(self._aio_stop_sources, [source])
