@@ -26,15 +26,20 @@ from ._exceptions import (
     HandlerError,
     InvalidEnvelopeError,
     InvalidHandlerError,
+    InvalidHeaderError,
     InvalidOptionError,
     InvalidTopicError,
     MessageTooLargeError,
     PublishError,
 )
 from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
+from ._statistics import BackendStatistics
+from ._util import fixup_module_metadata
 from .backends.kafka.config import KafkaConfig
-from .backends.memory import MemoryBroker, MemoryConfig
+from .backends.kafka.stats import KafkaGroupStatistics, KafkaStatistics
+from .backends.memory import MemoryBroker, MemoryConfig, MemoryStatistics
 from .backends.nats.config import NatsConfig
+from .backends.nats.stats import NatsStatistics, NatsSubscriptionStatistics
 
 __version__ = "0.1.0"
 
@@ -43,6 +48,7 @@ __all__ = [
     "Backend",
     "BackendConfig",
     "BackendFeatures",
+    "BackendStatistics",
     "BackendUnavailable",
     "BusClosedError",
     "BusOptions",
@@ -55,14 +61,20 @@ __all__ = [
     "HandlerError",
     "InvalidEnvelopeError",
     "InvalidHandlerError",
+    "InvalidHeaderError",
     "InvalidOptionError",
     "InvalidTopicError",
     "KafkaConfig",
+    "KafkaGroupStatistics",
+    "KafkaStatistics",
     "MemoryBroker",
     "MemoryConfig",
+    "MemoryStatistics",
     "Message",
     "MessageTooLargeError",
     "NatsConfig",
+    "NatsStatistics",
+    "NatsSubscriptionStatistics",
     "Outcome",
     "OutgoingMessage",
     "PublishError",
@@ -76,3 +88,6 @@ __all__ = [
     "open_bus",
     "validate_topic",
 ]
+
+fixup_module_metadata(__name__, globals())
+del fixup_module_metadata

@@ -41,6 +41,7 @@ import trio
 
 from ._envelope import Envelope
 from ._options import TopicOptions
+from ._statistics import BackendStatistics
 
 __all__ = [
     "Backend",
@@ -148,5 +149,6 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Flush outcomes and settlements, then close the connection."""
 
-    def statistics(self) -> dict[str, object]:
-        """Backend-specific live figures (connection state, reconnects, ...)."""
+    def statistics(self) -> BackendStatistics:
+        """A frozen snapshot of live figures: the common ones of :class:`BackendStatistics` under the same names
+        on every backend, in a backend-specific subclass that adds its own. Never awaits."""

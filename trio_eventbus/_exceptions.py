@@ -18,6 +18,7 @@ __all__ = [
     "HandlerError",
     "InvalidEnvelopeError",
     "InvalidHandlerError",
+    "InvalidHeaderError",
     "InvalidOptionError",
     "InvalidTopicError",
     "MessageTooLargeError",
@@ -49,6 +50,12 @@ class BackendUnavailable(EventBusError):
 
 class InvalidEnvelopeError(EventBusError, ValueError):
     """An envelope failed validation, or bytes on the wire do not decode to a valid envelope."""
+
+
+class InvalidHeaderError(InvalidEnvelopeError):
+    """A header name or value (or a key / message id, which travel in headers on NATS) breaks the one header
+    rule every backend carries unchanged, or names one of the bus's own headers (see
+    ``trio_eventbus._envelope.freeze_headers``). Raised at the call; nothing is sent."""
 
 
 class InvalidTopicError(EventBusError, ValueError):

@@ -14,6 +14,7 @@ from typing import Literal
 import attrs
 
 from . import _validate as v
+from ._statistics import BackendStatistics
 from ._validate import validate_group, validate_topic
 
 __all__ = [
@@ -135,26 +136,51 @@ class BusOptions:
 
 @attrs.frozen(slots=True, kw_only=True)
 class Statistics:
-    """A frozen snapshot of one bus's counters and live state (see :meth:`EventBus.statistics`)."""
+    """A frozen snapshot of one bus's counters and live state (see :meth:`EventBus.statistics`).
 
+    Counters count since the bus opened; the other figures are the state at the moment of the snapshot.
+    """
+
+    #: Messages the broker acknowledged (raw and envelopes, dead letters included).
     published: int
+    #: Messages the broker refused or that never reached it (each has a failed outcome).
     publish_failed: int
+    #: Messages accepted by ``publish`` whose broker outcome has not arrived yet (the in-flight window).
     pending_publishes: int
+    #: Deliveries whose handler returned (acked).
     handled: int
+    #: Handler calls that raised.
     handler_errors: int
+    #: Retries of failed handler calls (in place or by redelivery).
     retries: int
+    #: Messages sent to their dead-letter topic after their last attempt (or as undecodable).
     dead_lettered: int
+    #: Dead-letter publishes that failed (the message is nak'ed and redelivered later).
     dead_letter_failed: int
+    #: Messages that exhausted their attempts with dead-lettering disabled: acked, logged and counted here.
     discarded: int
+    #: Deliveries that did not decode to an envelope (dead-lettered at once).
     undecodable: int
+    #: Deliveries the broker made more than once (``attempt > 1``).
     redelivered: int
+    #: Deliveries a lane or worker task is processing right now.
     in_flight: int
+    #: Deepest lane queue right now.
     lane_depth_max: int
+    #: Lanes running a handler right now.
     lanes_busy: int
+    #: Keyless deliveries waiting for a worker.
     worker_queue_depth: int
+    #: Publish results not delivered: the channel was closed by its reader, or still full at the close deadline.
     results_dropped: int
+    #: Exceptions raised by ``BusOptions.on_publish_result`` (logged, never propagated).
     callback_errors: int
+    #: Tasks the bus's nursery runs right now.
     tasks_alive: int
+    #: Live subscriptions of this bus.
     subscriptions: int
+    #: Whether the bus refuses new publishes and subscriptions (closing or closed).
     closing: bool
-    backend: dict[str, object] = attrs.field(factory=dict, eq=False)
+    #: The backend's own figures: a :class:`BackendStatistics` subclass (``MemoryStatistics``,
+    #: ``NatsStatistics``, ``KafkaStatistics``).
+    backend: BackendStatistics

@@ -39,8 +39,9 @@ from .. import _validate as v
 from .._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
 from .._envelope import Envelope
 from .._options import TopicOptions
+from .._statistics import BackendStatistics
 
-__all__ = ["MemoryBackend", "MemoryBroker", "MemoryConfig"]
+__all__ = ["MemoryBackend", "MemoryBroker", "MemoryConfig", "MemoryStatistics"]
 
 _FEATURES = BackendFeatures(
     persistent=True,
@@ -261,6 +262,13 @@ class MemoryBroker:
 
 
 @attrs.frozen(slots=True, kw_only=True)
+class MemoryStatistics(BackendStatistics):
+    """The memory backend's figures: those of :class:`~trio_eventbus.BackendStatistics` (``state`` is ``"open"``
+    or ``"closed"``; outcomes are reported within ``send``, so ``pending_outcomes`` is always 0). Per-topic
+    counters of the shared broker are in :meth:`MemoryBroker.topic_statistics`."""
+
+
+@attrs.frozen(slots=True, kw_only=True)
 class MemoryConfig:
     """Configuration of the memory backend.
 
@@ -395,5 +403,15 @@ class MemoryBackend:
         self._closed = True
         await trio.lowlevel.checkpoint()
 
-    def statistics(self) -> dict[str, object]:
-        return {"kind": "memory", "fetchers": self._fetchers_alive, "connected": not self._closed}
+    def statistics(self) -> MemoryStatistics:
+        """Live figures of this bus's connection to the broker (see :class:`MemoryStatistics`)."""
+        me = self._subscriber
+        return MemoryStatistics(
+            state="closed" if self._closed else "open",
+            connected=not self._closed,
+            reconnects=0,
+            pending_outcomes=0,
+            subscriptions=len(self._subscribed),
+            fetchers=self._fetchers_alive,
+            unsettled=sum(holder == me for _, group in self._subscribed for holder in group.inflight.values()),
+        )

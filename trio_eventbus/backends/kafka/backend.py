@@ -51,6 +51,7 @@ import itertools
 import logging
 import ssl
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import trio
@@ -77,6 +78,7 @@ from .._bridge.bridge import BatchPipe, Bridge, BridgeError, open_bridge
 from .config import KafkaConfig
 from .consume import GroupConsumer, _Partition
 from .publish import AioPublisher
+from .stats import KafkaStatistics
 from .wire import KAFKA_ERRORS, KAFKA_TOPIC_ERRORS
 
 __all__ = ["KafkaBackend", "KafkaConfig"]
@@ -521,17 +523,21 @@ class KafkaBackend:
 
     # -- introspection ---------------------------------------------------------------------------------
 
-    def statistics(self) -> dict[str, object]:
+    def statistics(self) -> KafkaStatistics:
         """Connection state, pending outcomes, topics, partition mismatches and per-group figures."""
         bridge = self._bridge
-        return {
-            "kind": "kafka",
-            "state": self._state,
-            "connected": self._state == "running",
-            "bootstrap_servers": list(self.config.bootstrap_servers),
-            "bridge": None if bridge is None else bridge.kind,
-            "pending_outcomes": self._submitted - self._forwarded,
-            "topics": dict(self._topics),
-            "partition_mismatches": dict(self._mismatches),
-            "groups": {name: g.statistics() for name, g in self._groups.items()},
-        }
+        groups = {name: g.statistics() for name, g in self._groups.items()}
+        return KafkaStatistics(
+            state=self._state,
+            connected=self._state == "running",
+            reconnects=0,
+            pending_outcomes=self._submitted - self._forwarded,
+            subscriptions=sum(len(g.topics) for g in groups.values()),
+            fetchers=len(groups),
+            unsettled=sum(g.in_flight for g in groups.values()),
+            bootstrap_servers=self.config.bootstrap_servers,
+            bridge=None if bridge is None else bridge.kind,
+            topics=MappingProxyType(dict(self._topics)),
+            partition_mismatches=MappingProxyType(dict(self._mismatches)),
+            groups=MappingProxyType(groups),
+        )

@@ -135,7 +135,7 @@ class KafkaConfig:
         ``create_topics=True`` creates a missing topic with ``TopicOptions.partitions``/``replicas`` (and
         ``max_age``/``max_bytes`` as ``retention.ms``/``retention.bytes``); ``False`` requires topics to exist.
         An existing topic is never altered: a partition count that differs from ``TopicOptions.partitions``
-        is logged and shown in ``statistics()["partition_mismatches"]``.
+        is logged and shown in ``Statistics.backend.partition_mismatches``.
 
     Bridge and pass-through
         ``bridge``: ``"auto"`` (the running ``trio_asyncio`` loop if any, else a private asyncio loop in a

@@ -87,6 +87,7 @@ from .._bridge.bridge import Bridge, BridgeError, open_bridge
 from .config import NatsConfig, _mask_url
 from .consume import CoreListener, Puller, Settler, Subscription
 from .publish import Publisher, WireItem
+from .stats import NatsStatistics, NatsSubscriptionStatistics
 from .wire import NATS_ERRORS, api_error_code, durable_name, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
@@ -542,39 +543,51 @@ class NatsBackend:
 
     # -- introspection ---------------------------------------------------------------------------------------
 
-    def statistics(self) -> dict[str, object]:
-        """Live figures: connection state, reconnects, pending publishes, fetchers, acks."""
+    def statistics(self) -> NatsStatistics:
+        """Live figures: connection state, reconnects, pending publishes, subscriptions, acks."""
         p, s = self._publisher, self._settler
-        pullers = [sub.source for sub in self._subs if isinstance(sub.source, Puller)]
-        cores = [sub.source for sub in self._subs if isinstance(sub.source, CoreListener)]
-        return {
-            "kind": "nats",
-            "bridge": None if self._bridge is None else self._bridge.kind,
-            "connection": self._state,
-            "connected": self._state == "connected",
-            "reconnects": self._reconnects,
-            "disconnects": self._disconnects,
-            "connection_errors": self._errors,
-            "pending_publishes": 0 if p is None else p.pending,
-            "publish_acked": 0 if p is None else p.acked,
-            "publish_duplicates": 0 if p is None else p.duplicates,
-            "publish_failed": 0 if p is None else p.failed,
-            "publish_timeouts": 0 if p is None else p.timeouts,
-            "core_published": 0 if p is None else p.core_sent,
-            "subscriptions": len(self._subs),
-            "fetchers": sum(not sub.stopped.is_set() for sub in self._subs),
-            "held": sum(len(sub.held) for sub in self._subs),
-            "received": sum(x.received for x in pullers) + sum(x.received for x in cores),
-            "pull_requests": sum(x.requests_sent for x in pullers),
-            "vanished_pull_requests": sum(x.vanished for x in pullers),
-            "consumer_recoveries": sum(x.recoveries for x in pullers),
-            "core_dropped": sum(x.dropped for x in cores),
-            "acks": s.acks,
-            "naks": s.naks,
-            "terms": s.terms,
-            "acks_queued": s.queued,
-            "ack_batches": s.batches,
-        }
+        details = tuple(_subscription_statistics(sub) for sub in self._subs)
+        return NatsStatistics(
+            state=self._state,
+            connected=self._state == "connected",
+            reconnects=self._reconnects,
+            pending_outcomes=0 if p is None else p.pending,
+            subscriptions=len(self._subs),
+            fetchers=sum(d.running for d in details),
+            unsettled=sum(d.unsettled for d in details),
+            bridge=None if self._bridge is None else self._bridge.kind,
+            disconnects=self._disconnects,
+            connection_errors=self._errors,
+            publish_acked=0 if p is None else p.acked,
+            publish_duplicates=0 if p is None else p.duplicates,
+            publish_failed=0 if p is None else p.failed,
+            publish_timeouts=0 if p is None else p.timeouts,
+            core_published=0 if p is None else p.core_sent,
+            received=sum(d.received for d in details),
+            acks=s.acks,
+            naks=s.naks,
+            terms=s.terms,
+            acks_queued=s.queued,
+            ack_batches=s.batches,
+            subscription_details=details,
+        )
+
+
+def _subscription_statistics(sub: Subscription) -> NatsSubscriptionStatistics:
+    source = sub.source
+    puller = source if isinstance(source, Puller) else None
+    return NatsSubscriptionStatistics(
+        topic=sub.topic,
+        group=sub.group,
+        persistent=sub.persistent,
+        running=not sub.stopped.is_set(),
+        received=0 if source is None else source.received,
+        unsettled=len(sub.held),
+        pull_requests=0 if puller is None else puller.requests_sent,
+        vanished_pull_requests=0 if puller is None else puller.vanished,
+        consumer_recoveries=0 if puller is None else puller.recoveries,
+        dropped=source.dropped if isinstance(source, CoreListener) else 0,
+    )
 
 
 def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
