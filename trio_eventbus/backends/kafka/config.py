@@ -68,11 +68,15 @@ def _bootstrap(value: str | Sequence[str]) -> tuple[str, ...]:
     servers: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise InvalidOptionError(f"bootstrap server {item!r} must be a str 'host:port'", field="bootstrap_servers")
+            raise InvalidOptionError(
+                f"bootstrap_servers: {item!r} must be a str 'host:port'", field="bootstrap_servers"
+            )
         server = item.strip()
         host, sep, port = server.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidOptionError(f"bootstrap server {item!r} must look like 'host:port'", field="bootstrap_servers")
+            raise InvalidOptionError(
+                f"bootstrap_servers: {item!r} must look like 'host:port'", field="bootstrap_servers"
+            )
         servers.append(server)
     if not servers:
         raise InvalidOptionError("bootstrap_servers must name at least one 'host:port'", field="bootstrap_servers")

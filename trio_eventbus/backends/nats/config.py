@@ -52,10 +52,12 @@ def _servers(value: object) -> tuple[str, ...]:
     out = []
     for url in value:
         if not isinstance(url, str) or not url.strip():
-            raise InvalidOptionError(f"server URL {url!r} must be a non-empty str", field="servers")
+            raise InvalidOptionError(f"servers: URL {url!r} must be a non-empty str", field="servers")
         scheme = urlsplit(url if "://" in url else f"nats://{url}").scheme
         if scheme not in ("nats", "tls", "ws", "wss"):
-            raise InvalidOptionError(f"server URL scheme {scheme!r} is not one of nats, tls, ws, wss", field="servers")
+            raise InvalidOptionError(
+                f"servers: URL scheme {scheme!r} is not one of nats, tls, ws, wss", field="servers"
+            )
         out.append(url.strip())
     return tuple(out)
 
