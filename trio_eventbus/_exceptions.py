@@ -91,10 +91,12 @@ ExceptionMapping = Mapping[type[BaseException] | tuple[type[BaseException], ...]
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: text`` of a native error (its ``description`` when it has one, as nats-py's API errors do)."""
-    description = getattr(exc, "description", None)
+    """``Type: text`` of a native error: its own ``description`` when it set one (nats-py's API errors), else
+    its ``str`` (aiokafka's errors already name their type; it is not repeated)."""
+    description = vars(exc).get("description") if hasattr(exc, "__dict__") else None
     text = str(description) if description else str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+    name = type(exc).__name__
+    return text if name in text else f"{name}: {text}"
 
 
 def translate_exception(exc: BaseException, mapping: ExceptionMapping, what: str) -> BaseException:
