@@ -87,7 +87,7 @@ from .._bridge.bridge import Bridge, BridgeError, open_bridge
 from .config import NatsConfig, _mask_url
 from .consume import CoreListener, Puller, Settler, Subscription
 from .publish import Publisher, WireItem
-from .stats import NatsStatistics, NatsSubscriptionStatistics
+from .stats import NatsStatistics
 from .wire import NATS_ERRORS, api_error_code, durable_name, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
@@ -546,7 +546,7 @@ class NatsBackend:
     def statistics(self) -> NatsStatistics:
         """Live figures: connection state, reconnects, pending publishes, subscriptions, acks."""
         p, s = self._publisher, self._settler
-        details = tuple(_subscription_statistics(sub) for sub in self._subs)
+        details = tuple(sub.statistics() for sub in self._subs)
         return NatsStatistics(
             state=self._state,
             connected=self._state == "connected",
@@ -571,23 +571,6 @@ class NatsBackend:
             ack_batches=s.batches,
             subscription_details=details,
         )
-
-
-def _subscription_statistics(sub: Subscription) -> NatsSubscriptionStatistics:
-    source = sub.source
-    puller = source if isinstance(source, Puller) else None
-    return NatsSubscriptionStatistics(
-        topic=sub.topic,
-        group=sub.group,
-        persistent=sub.persistent,
-        running=not sub.stopped.is_set(),
-        received=0 if source is None else source.received,
-        unsettled=len(sub.held),
-        pull_requests=0 if puller is None else puller.requests_sent,
-        vanished_pull_requests=0 if puller is None else puller.vanished,
-        consumer_recoveries=0 if puller is None else puller.recoveries,
-        dropped=source.dropped if isinstance(source, CoreListener) else 0,
-    )
 
 
 def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
