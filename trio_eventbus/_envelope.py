@@ -101,14 +101,14 @@ def check_key_and_id(key: object, message_id: object) -> None:
     """Raise :class:`InvalidHeaderError` unless ``key`` and ``message_id`` are each ``None`` or a non-empty str
     that follows the header-value rule (both travel in NATS headers; see :func:`freeze_headers`).
 
-    On the publish path: a valid key costs one type check, one ``isprintable()`` and two index operations.
+    On the publish path: a valid key costs one ``isinstance``, one ``isprintable()`` and two index operations.
     """
     if key is not None and (
-        type(key) is not str or not key or not key.isprintable() or key[0] == " " or key[-1] == " "
+        not isinstance(key, str) or not key or not key.isprintable() or key[0] == " " or key[-1] == " "
     ):
         _refuse("key", key)
     if message_id is not None and (
-        type(message_id) is not str
+        not isinstance(message_id, str)
         or not message_id
         or not message_id.isprintable()
         or message_id[0] == " "
