@@ -298,3 +298,16 @@ async def test_envelope_key_and_id_on_kafka(kafka_bootstrap: str) -> None:
     config = teb.KafkaConfig(bootstrap_servers=kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=500)
     with trio.fail_after(60):
         assert_envelope_fields(*await envelope_roundtrip(config, topic("env-kafka")))
+
+
+def test_the_memo_of_checked_keys_is_bounded() -> None:
+    from trio_eventbus import _envelope
+
+    for n in range(_envelope._CHECKED_KEYS_LIMIT + 10):
+        check_key_and_id(f"key-{n}", None)
+        assert len(_envelope._checked_keys) <= _envelope._CHECKED_KEYS_LIMIT
+    check_key_and_id("key-1", None)  # known: fine
+    with pytest.raises(teb.InvalidHeaderError, match="key"):
+        check_key_and_id(["key-1"], None)  # unhashable: refused, not a TypeError
+    with pytest.raises(teb.InvalidHeaderError, match="key"):
+        check_key_and_id("key-1 ", None)
