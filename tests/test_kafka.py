@@ -78,11 +78,10 @@ def log_events(*texts: str) -> Iterator[list[trio.Event]]:
         logger.setLevel(level)
 
 
-def group_stats(bus: teb.EventBus, group: str) -> dict[str, Any]:
-    groups = bus.statistics().backend["groups"]
-    assert isinstance(groups, dict)
-    stats: dict[str, Any] = groups[group]
-    return stats
+def group_stats(bus: teb.EventBus, group: str) -> teb.KafkaGroupStatistics:
+    backend = bus.statistics().backend
+    assert isinstance(backend, teb.KafkaStatistics)
+    return backend.groups[group]
 
 
 async def test_100_aggregates_in_order_over_partitions(kafka_bootstrap: str) -> None:
@@ -118,7 +117,7 @@ async def test_100_aggregates_in_order_over_partitions(kafka_bootstrap: str) -> 
             stats = group_stats(bus, group)
     assert violations == 0
     assert last == {f"agg-{a}": 99 for a in range(100)}
-    assert len(stats["assigned"]) == 4
+    assert len(stats.assigned) == 4
     assert bus.statistics().published == 100 * 100
 
 
@@ -210,8 +209,8 @@ async def test_nak_while_running_rewinds_the_partition(kafka_bootstrap: str) -> 
             await bus2.publish(topic, b"final")
             await final.wait()
     assert (20, 2) in seen
-    assert stats["rewinds"] == 1
-    assert stats["naks"] == 1
+    assert stats.rewinds == 1
+    assert stats.naks == 1
     assert later == [b"final"]  # everything before was committed after the rewind
 
 
@@ -251,14 +250,14 @@ async def test_two_buses_share_partitions_and_lose_nothing_when_one_leaves(kafka
 
                 await a.subscribe(topic, on_a)
                 await b.subscribe(topic, on_b)
-                assert len(group_stats(b, group)["assigned"]) == 2
+                assert len(group_stats(b, group).assigned) == 2
                 for i in range(total):
                     await pub.publish(topic, b"%d" % i, key=f"k{i}")
                 await pub.flush()
                 await a_busy.wait()
             # a left the group: its unhandled messages were nak'ed, not committed
             await all_done.wait()
-            assert len(group_stats(b, group)["assigned"]) == 4  # a's partitions came to b
+            assert len(group_stats(b, group).assigned) == 4  # a's partitions came to b
     assert handled["a"] | handled["b"] == set(range(total))
     assert len(handled["a"]) == 300
     assert len(handled["b"]) >= total - 300
@@ -311,7 +310,7 @@ async def test_joining_member_mid_stream_gets_only_unhandled_messages(kafka_boot
             a_stats = group_stats(a, group)
     assert set(handled["a"]) | set(handled["b"]) == set(range(total))
     assert not by_a_before_join & set(handled["b"])
-    assert a_stats["rebalances"] >= 1
+    assert a_stats.rebalances >= 1
     assert handled["b"], "the newcomer got partitions"
 
 
@@ -477,7 +476,7 @@ async def test_publish_results_flush_and_failures(kafka_bootstrap: str) -> None:
             await bus.flush()
             stats = bus.statistics()
             assert stats.pending_publishes == 0
-            assert stats.backend["pending_outcomes"] == 0
+            assert stats.backend.pending_outcomes == 0
             assert sorted(r.event_id for r in results) == sorted(e.event_id for e in sent)
             assert all(r.success for r in results)
             await bus.publish_envelope(topic, envelope("c", 1), confirm=True)
@@ -516,7 +515,7 @@ async def test_later_subscription_extends_the_group_without_resetting(kafka_boot
             progress[t1] = trio.Event()
             targets[t1], targets[t2] = 200, 50
             await bus.subscribe(t2, handler_for(t2))
-            assert group_stats(bus, group)["topics"] == sorted([t1, t2])
+            assert group_stats(bus, group).topics == tuple(sorted([t1, t2]))
             for i in range(100, 200):
                 await bus.publish(t1, b"%d" % i, key=f"k{i}")
             for i in range(50):
@@ -526,8 +525,8 @@ async def test_later_subscription_extends_the_group_without_resetting(kafka_boot
             stats = group_stats(bus, group)
     assert sorted(seen[t1]) == list(range(200))
     assert sorted(seen[t2]) == list(range(50))
-    assert stats["rebalances"] >= 1
-    assert len(stats["assigned"]) == 4
+    assert stats.rebalances >= 1
+    assert len(stats.assigned) == 4
 
 
 async def test_full_lanes_pause_the_partition_and_resume_it(kafka_bootstrap: str) -> None:
@@ -554,12 +553,12 @@ async def test_full_lanes_pause_the_partition_and_resume_it(kafka_bootstrap: str
                 await bus.publish(topic, b"%d" % i, key="one")
             await paused.wait()
             stats = group_stats(bus, group)
-            assert len(stats["paused"]) == 1
-            assert 40 < stats["unsettled"] <= 40 + 20 * 6, stats  # a few fetch batches past the threshold
+            assert len(stats.paused) == 1
+            assert 40 < stats.unsettled <= 40 + 20 * 6, stats  # a few fetch batches past the threshold
             gate.set()
             await resumed.wait()
             await done.wait()
-            assert not group_stats(bus, group)["paused"]
+            assert not group_stats(bus, group).paused
     assert got == list(range(total))
 
 
@@ -574,7 +573,7 @@ async def test_trio_asyncio_bridge(kafka_bootstrap: str) -> None:
         async with trio_asyncio.open_loop():
             cfg = config(kafka_bootstrap, bridge="trio-asyncio")
             async with teb.open_bus(cfg, options=teb.BusOptions(group=unique("g"))) as bus:
-                assert bus.statistics().backend["bridge"] == "trio-asyncio"
+                assert bus.statistics().backend.bridge == "trio-asyncio"
 
                 async def handler(msg: teb.Message) -> None:
                     got.append(msg.data)
@@ -596,7 +595,7 @@ async def test_topic_provisioning_policy(kafka_bootstrap: str) -> None:
     with trio.fail_after(60):
         async with teb.open_bus(config(kafka_bootstrap)) as bus:
             await bus.configure_topic(topic, teb.TopicOptions(partitions=3, max_age=3600))
-            assert bus.statistics().backend["topics"] == {topic: 3}
+            assert bus.statistics().backend.topics == {topic: 3}
             with pytest.raises(teb.InvalidOptionError, match="ephemeral"):
                 await bus.configure_topic(unique("eph"), teb.TopicOptions(persistent=False))
             with pytest.raises(teb.InvalidOptionError, match="replication"):
@@ -604,8 +603,8 @@ async def test_topic_provisioning_policy(kafka_bootstrap: str) -> None:
         async with teb.open_bus(config(kafka_bootstrap, create_topics=False)) as bus:
             await bus.configure_topic(topic, teb.TopicOptions(partitions=5))
             backend = bus.statistics().backend
-            assert backend["topics"] == {topic: 3}
-            assert backend["partition_mismatches"] == {topic: (3, 5)}
+            assert backend.topics == {topic: 3}
+            assert backend.partition_mismatches == {topic: (3, 5)}
             with pytest.raises(teb.BackendUnavailable, match="does not exist"):
                 await bus.publish(unique("missing"), b"x")
             await bus.publish(topic, b"x", confirm=True)

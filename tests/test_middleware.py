@@ -302,9 +302,9 @@ def test_middleware_must_be_a_tuple_of_callables() -> None:
 
     assert teb.BusOptions().middleware == ()
     assert teb.BusOptions(middleware=(mw,)).middleware == (mw,)
-    with pytest.raises(TypeError):
+    with pytest.raises(teb.InvalidOptionError, match="middleware must be a tuple of callables"):
         teb.BusOptions(middleware=[mw])  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(teb.InvalidOptionError, match="middleware must be a tuple of callables"):
         teb.BusOptions(middleware=(mw, "not callable"))  # type: ignore[arg-type]
 
 

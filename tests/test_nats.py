@@ -167,7 +167,7 @@ async def test_hundred_aggregates_in_order_across_lanes_with_lz4(nats_url: str) 
             stats = bus.statistics()
     assert violations == []
     assert last == {f"agg-{a}": 99 for a in range(100)}
-    assert stats.backend["acks"] == 100 * 100
+    assert stats.backend.acks == 100 * 100
     assert stats.redelivered == 0
 
 
@@ -203,7 +203,7 @@ async def test_redeliver_strategy_naks_with_the_backoff_delay(nats_url: str) -> 
     assert 0.55 <= gaps[1] < 3.0, gaps  # backoff(2) = 0.6 s
     assert order.index(b"next") < 2  # the nak freed the lane: "next" did not wait for the retries
     assert (stats.retries, stats.redelivered, stats.dead_lettered) == (2, 2, 0)
-    assert stats.backend["naks"] == 2
+    assert stats.backend.naks == 2
 
 
 async def test_dead_letter_after_the_last_attempt(nats_url: str) -> None:
@@ -243,7 +243,7 @@ async def test_dead_letter_after_the_last_attempt(nats_url: str) -> None:
     assert msg.headers["X-DLQ-Attempts"] == "3"
     assert msg.headers["X-DLQ-Error"] == f"ValueError: cannot handle {env.event_id}"
     assert msg.headers["X-Event-ID"] == env.event_id
-    assert (stats.handler_errors, stats.dead_lettered, stats.backend["terms"]) == (3, 1, 1)
+    assert (stats.handler_errors, stats.dead_lettered, stats.backend.terms) == (3, 1, 1)
     assert consumer.num_ack_pending == 0
     assert consumer.num_pending == 0
     assert stream.config.subjects == [topic]
@@ -354,8 +354,8 @@ async def test_server_restart_mid_stream_every_envelope_is_handled(nats_server: 
     assert handled.distinct == set(range(total))
     assert failed  # the reconnect buffer overflowed: those publishes came back as failed results
     assert stats.publish_failed == len(failed)
-    assert stats.backend["reconnects"] >= 1
-    assert stats.backend["connection"] == "connected"
+    assert stats.backend.reconnects >= 1
+    assert stats.backend.state == "connected"
 
 
 @pytest.mark.parametrize("bridge", ["thread", "trio-asyncio"])
@@ -632,7 +632,7 @@ async def test_ephemeral_topics_use_core_nats_with_queue_groups(nats_url: str) -
     assert sorted(seen["a"]) == list(range(100))
     assert sorted(seen["b"] + seen["c"]) == list(range(100))
     assert all(attempts[n] == ([1, 2] if n % 10 == 0 else [1]) for n in range(100))
-    assert stats.backend["core_published"] == 100
+    assert stats.backend.core_published == 100
     assert stats.redelivered == 10
 
 
@@ -643,9 +643,9 @@ async def test_statistics_show_the_connection(nats_url: str) -> None:
             await bus.publish(topic, b"x", confirm=True)
             backend = bus.statistics().backend
             assert repr(bus).startswith("<EventBus open")
-    assert backend["kind"] == "nats"
-    assert backend["bridge"] == "thread"
-    assert backend["connection"] == "connected"
-    assert backend["reconnects"] == 0
-    assert backend["pending_publishes"] == 0
-    assert backend["publish_acked"] == 1
+    assert isinstance(backend, teb.NatsStatistics)
+    assert backend.bridge == "thread"
+    assert backend.state == "connected"
+    assert backend.reconnects == 0
+    assert backend.pending_outcomes == 0
+    assert backend.publish_acked == 1

@@ -27,22 +27,28 @@ from ._exceptions import (
     HandlerError,
     InvalidEnvelopeError,
     InvalidHandlerError,
+    InvalidHeaderError,
     InvalidOptionError,
     InvalidTopicError,
     MessageTooLargeError,
     PublishError,
 )
 from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
+from ._statistics import BackendStatistics
+from ._util import fixup_module_metadata
 from ._version import __version__ as __version__
 from .backends.kafka.config import KafkaConfig
-from .backends.memory import MemoryBroker, MemoryConfig
+from .backends.kafka.stats import KafkaGroupStatistics, KafkaStatistics
+from .backends.memory import MemoryBroker, MemoryConfig, MemoryStatistics
 from .backends.nats.config import NatsConfig
+from .backends.nats.stats import NatsStatistics, NatsSubscriptionStatistics
 
 __all__ = [
     "AlreadySubscribedError",
     "Backend",
     "BackendConfig",
     "BackendFeatures",
+    "BackendStatistics",
     "BackendUnavailable",
     "BusClosedError",
     "BusOptions",
@@ -57,15 +63,21 @@ __all__ = [
     "HandlerError",
     "InvalidEnvelopeError",
     "InvalidHandlerError",
+    "InvalidHeaderError",
     "InvalidOptionError",
     "InvalidTopicError",
     "KafkaConfig",
+    "KafkaGroupStatistics",
+    "KafkaStatistics",
     "MemoryBroker",
     "MemoryConfig",
+    "MemoryStatistics",
     "Message",
     "MessageTooLargeError",
     "Middleware",
     "NatsConfig",
+    "NatsStatistics",
+    "NatsSubscriptionStatistics",
     "Outcome",
     "OutgoingMessage",
     "PublishError",
@@ -79,3 +91,6 @@ __all__ = [
     "open_bus",
     "validate_topic",
 ]
+
+fixup_module_metadata(__name__, globals())
+del fixup_module_metadata

@@ -59,6 +59,7 @@ import trio
 
 from ._envelope import Envelope
 from ._options import TopicOptions
+from ._statistics import BackendStatistics
 
 __all__ = [
     "CLOSE_DEADLINE",
@@ -191,5 +192,6 @@ class Backend(Protocol):
         """Stop every fetcher; the sinks are not called after this returns. Idempotent; the exit of
         :meth:`open` does it too (the bus awaits it first on a graceful close, so lanes can drain)."""
 
-    def statistics(self) -> dict[str, object]:
-        """Backend-specific live figures (connection state, reconnects, ...)."""
+    def statistics(self) -> BackendStatistics:
+        """A frozen snapshot of live figures: the common ones of :class:`BackendStatistics` under the same names
+        on every backend, in a backend-specific subclass that adds its own. Never awaits."""

@@ -53,7 +53,7 @@ import trio
 from ._abc import HARD_STOP_GRACE, Backend
 from ._codec import encode_envelope
 from ._dispatch.dispatcher import Dispatcher, Handler, Subscription
-from ._envelope import _EMPTY_HEADERS, Envelope, Message, freeze_headers
+from ._envelope import _EMPTY_HEADERS, Envelope, Message, check_key_and_id, freeze_headers
 from ._exceptions import (
     AlreadySubscribedError,
     BusClosedError,
@@ -64,6 +64,7 @@ from ._options import BusOptions, PublishResult, Statistics, TopicOptions, valid
 from ._publish.pipeline import PublishPipeline
 from ._publish.results import ResultChannel
 from ._topics import TopicRegistry
+from ._util import NoPublicConstructor
 
 __all__ = ["BackendConfig", "EventBus", "open_bus"]
 
@@ -77,8 +78,8 @@ class BackendConfig(Protocol):
         """A new, unstarted backend for one bus."""
 
 
-class EventBus:
-    """A running bus; obtain one from :func:`open_bus`.
+class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(config)"):
+    """A running bus; obtain one from :func:`open_bus` (calling ``EventBus(...)`` raises ``TypeError``).
 
     Every method may be called from any task of the Trio run that opened the bus. See the module docstring for
     the lifecycle and :mod:`trio_eventbus._publish` / :mod:`trio_eventbus._dispatch` for delivery details.
@@ -175,7 +176,9 @@ class EventBus:
         run on the worker pool). ``message_id`` lets the broker drop duplicates (NATS ``Nats-Msg-Id``).
         Returns once the message is in the in-flight window (waits while the window is full: backpressure).
         With ``confirm=True`` waits for the broker's ack and raises :class:`PublishError` on failure.
-        Raises :class:`BusClosedError` after close, ``ValueError`` subclasses for bad input (nothing sent).
+        Raises :class:`BusClosedError` after close, ``ValueError`` subclasses for bad input (nothing sent):
+        :class:`InvalidHeaderError` for headers, ``key`` or ``message_id`` outside the one header rule every
+        backend carries, or a header the bus writes itself (see ``_envelope.freeze_headers``).
         """
         if self._closing:
             self._check_open()
@@ -185,10 +188,8 @@ class EventBus:
             body = bytes(data)
         else:
             raise InvalidEnvelopeError(f"data must be bytes, not {type(data).__name__}")
-        if key is not None and (not isinstance(key, str) or not key):
-            raise InvalidEnvelopeError("key must be a non-empty str or None")
-        if message_id is not None and (not isinstance(message_id, str) or not message_id.strip()):
-            raise InvalidEnvelopeError("message_id must be a non-blank str or None")
+        if key is not None or message_id is not None:
+            check_key_and_id(key, message_id)
         if len(body) > self._max_message_bytes:
             self._check_size(topic, body)
         frozen = _EMPTY_HEADERS if headers is None else freeze_headers(headers)
@@ -337,7 +338,7 @@ async def open_bus(config: BackendConfig, *, options: BusOptions | None = None) 
     if not isinstance(options, BusOptions):
         raise TypeError(f"options must be a BusOptions, not {type(options).__name__}")
     backend = config.create_backend()
-    bus = EventBus(backend, options)
+    bus = EventBus._create(backend, options)
     publisher = bus._publisher
     try:
         try:

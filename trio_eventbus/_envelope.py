@@ -17,12 +17,11 @@ from typing import Any
 
 import attrs
 
-from ._exceptions import InvalidEnvelopeError
+from ._exceptions import InvalidEnvelopeError, InvalidHeaderError
 
 __all__ = ["Envelope", "Message", "new_event_id"]
 
 _AGGREGATE_ID_RE = re.compile(r"[A-Za-z0-9:_\-./]{1,256}")
-_HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # printable ASCII without ':' and space
 _EMPTY_HEADERS: Mapping[str, str] = types.MappingProxyType({})
 
 
@@ -62,21 +61,114 @@ def _check_text(name: str, value: object, *, required: bool) -> None:
         raise InvalidEnvelopeError(f"{name} must not contain line breaks (it travels in a header)")
 
 
-def freeze_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
-    """Validate and copy headers into a read-only mapping.
+#: Names the bus writes itself, compared case-insensitively: the envelope's headers (:mod:`._codec`), the
+#: NATS backend's message id, key and content encoding, the Kafka backend's message id.
+RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "X-Event-ID",
+        "X-Aggregate-ID",
+        "X-Event-Type",
+        "X-Event-Version",
+        "X-Trace-ID",
+        "X-Correlation-ID",
+        "X-Tenant-ID",
+        "X-Payload-Encoding",
+        "X-Message-Key",
+        "X-Message-ID",
+        "X-Content-Encoding",
+    )
+)
+#: Prefixes of reserved names: ``Nats-`` is the NATS server's own namespace (``Nats-Msg-Id`` is the dedupe id,
+#: ``Nats-Expected-*`` and ``Nats-Rollup`` change what JetStream stores); ``X-DLQ-`` marks dead letters.
+RESERVED_HEADER_PREFIXES = ("nats-", "x-dlq-")
 
-    Names are printable ASCII without spaces or ':'; values are str without CR/LF (both NATS and Kafka
-    carry them). Raises ``InvalidEnvelopeError`` (a ``ValueError``) on anything else.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token characters (tchar)
+
+
+def _bad_value(value: object) -> str | None:
+    """Why ``value`` is not a valid header value, or None when it is."""
+    if not isinstance(value, str):
+        return f"must be a str, not {type(value).__name__}"
+    if not value.isprintable():
+        return "must not contain control characters (CR, LF, NUL, TAB, ...), line or paragraph separators"
+    if value[:1] == " " or value[-1:] == " ":
+        return "must not begin or end with a space"
+    return None
+
+
+#: Keys that passed :func:`check_key_and_id` (keys repeat: one set lookup instead of the checks). Bounded: it is
+#: emptied when it reaches ``_CHECKED_KEYS_LIMIT`` entries, like the lanes' key memo.
+_checked_keys: set[str] = set()
+_CHECKED_KEYS_LIMIT = 4096
+
+
+def check_key_and_id(key: object, message_id: object) -> None:
+    """Raise :class:`InvalidHeaderError` unless ``key`` and ``message_id`` are each ``None`` or a non-empty str
+    that follows the header-value rule (both travel in NATS headers; see :func:`freeze_headers`).
+
+    On the publish path: a key checked recently costs one set lookup (the checks themselves cost about three
+    times that); message ids, unique per message, are checked every time they are given.
+    """
+    if key is not None:
+        try:
+            known = key in _checked_keys
+        except TypeError:  # unhashable: certainly not a str
+            known = False
+        if not known:
+            _check_value("key", key)
+            if len(_checked_keys) >= _CHECKED_KEYS_LIMIT:
+                _checked_keys.clear()
+            _checked_keys.add(key)  # type: ignore[arg-type]
+    if message_id is not None:
+        _check_value("message_id", message_id)
+
+
+def _check_value(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value or not value.isprintable() or value[0] == " " or value[-1] == " ":
+        reason = "must not be empty" if value == "" else _bad_value(value)
+        raise InvalidHeaderError(f"{what} {value!r} {reason} (or be None)")
+
+
+def freeze_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
+    """Check user headers against the one rule every backend carries unchanged; return a read-only copy.
+
+    Names are RFC 9110 tokens: 1+ characters of ``A-Z a-z 0-9 ! # $ % & ' * + - . ^ _ ` | ~``. That is what
+    NATS clients accept (nats-py refuses any other name with ``BadHeaderError``; ``:``, whitespace and CR/LF
+    would break the header line of every NATS client) and a subset of Kafka's (any string) and the memory
+    backend's: the intersection, so a message that one backend takes every backend takes. Names are
+    case-sensitive on every backend, but see below for the reserved ones.
+
+    Values are ``str`` of printable characters (``str.isprintable``: no control characters, so no CR, LF, NUL
+    or TAB; no line/paragraph separators or non-space Unicode spaces; no lone surrogates) that neither begin
+    nor end with a space; empty values are fine. NATS clients end a header at CR/LF (nats-py turns them into
+    spaces) and trim surrounding whitespace, and a lone surrogate cannot be encoded as UTF-8: each of those
+    values would arrive changed, or not at all, on NATS while memory and Kafka kept it. The rule keeps exactly
+    the values that arrive unchanged everywhere.
+
+    Names the bus writes itself are refused, case-insensitively, so a user header can never become the key,
+    the dedupe id, an envelope field, the content encoding or a dead-letter mark: :data:`RESERVED_HEADERS`
+    and every name starting with one of :data:`RESERVED_HEADER_PREFIXES`.
+
+    Raises :class:`InvalidHeaderError` (an ``InvalidEnvelopeError``, so a ``ValueError``). Cost: nothing for
+    ``None`` or an empty mapping; otherwise one regex match, one ``lower()`` and one ``isprintable()`` per
+    header; nothing is cached.
     """
     if not headers:
         return _EMPTY_HEADERS
     if not isinstance(headers, Mapping):
-        raise InvalidEnvelopeError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
+        raise InvalidHeaderError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
     for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME_RE.fullmatch(name):
-            raise InvalidEnvelopeError(f"invalid header name {name!r}")
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
-            raise InvalidEnvelopeError(f"header {name!r} must be a str without line breaks")
+        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
+            raise InvalidHeaderError(
+                f"invalid header name {name!r}: use 1+ of A-Z a-z 0-9 ! # $ % & ' * + - . ^ _ ` | ~ (an RFC 9110 token)"
+            )
+        lower = name.lower()
+        if lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES):
+            raise InvalidHeaderError(f"header {name!r} is reserved: the bus writes it itself")
+        reason = _bad_value(value)
+        if reason is not None:
+            raise InvalidHeaderError(f"header {name!r}: the value {value!r} {reason}")
     return types.MappingProxyType(dict(headers))
 
 

@@ -8,14 +8,14 @@ running bus.
 from __future__ import annotations
 
 import datetime as _dt
-import math
-import re
 from collections.abc import Callable
 from typing import Literal
 
 import attrs
 
-from ._exceptions import InvalidOptionError, InvalidTopicError
+from . import _validate as v
+from ._statistics import BackendStatistics
+from ._validate import validate_group, validate_topic
 
 __all__ = [
     "BusOptions",
@@ -23,67 +23,16 @@ __all__ = [
     "RetryPolicy",
     "Statistics",
     "TopicOptions",
+    "validate_group",
     "validate_topic",
 ]
 
-_TOPIC_RE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
-MAX_TOPIC_LENGTH = 249
-
-
-def validate_topic(topic: object) -> str:
-    """Return ``topic`` when every backend can carry it, else raise :class:`InvalidTopicError`.
-
-    A topic is 1-249 characters of ``A-Z a-z 0-9 _ -`` in dot-separated, non-empty tokens: a legal Kafka
-    topic name and a literal NATS subject (no wildcards ``*``/``>``, no whitespace, no empty tokens).
-    """
-    if not isinstance(topic, str):
-        raise InvalidTopicError(f"topic must be a str, not {type(topic).__name__}")
-    if not topic:
-        raise InvalidTopicError("topic must not be empty")
-    if len(topic) > MAX_TOPIC_LENGTH:
-        raise InvalidTopicError(f"topic is {len(topic)} characters long; the limit is {MAX_TOPIC_LENGTH}")
-    if not _TOPIC_RE.fullmatch(topic):
-        raise InvalidTopicError(
-            f"invalid topic {topic!r}: use dot-separated tokens of A-Z a-z 0-9 _ - "
-            "(no whitespace, no wildcards, no empty tokens)"
-        )
-    return topic
-
-
-_GROUP_RE = re.compile(r"[A-Za-z0-9_\-]{1,200}")
-
-
-def validate_group(group: object) -> str:
-    """Return ``group`` when it is 1-200 characters of ``A-Z a-z 0-9 _ -`` (a valid durable/group name
-    everywhere), else raise :class:`InvalidOptionError`."""
-    if not isinstance(group, str) or not _GROUP_RE.fullmatch(group):
-        raise InvalidOptionError(f"group {group!r} must be 1-200 characters of A-Z a-z 0-9 _ -")
-    return group
-
-
-def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidOptionError(f"{attribute.name} must be a positive int, got {value!r}")
-
-
-def _optional_positive_int(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None:
-        _positive_int(_inst, attribute, value)  # type: ignore[arg-type]
-
-
-def _positive_float(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise InvalidOptionError(f"{attribute.name} must be a positive finite number, got {value!r}")
-
-
-def _optional_positive_float(_inst: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
-    if value is not None:
-        _positive_float(_inst, attribute, value)  # type: ignore[arg-type]
-
-
-def _non_negative_float(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise InvalidOptionError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+_positive_int = v.positive_int
+_optional_positive_int = v.optional(v.positive_int)
+_positive_float = v.positive_float
+_optional_positive_float = v.optional(v.positive_float)
+_non_negative_float = v.non_negative_float
+_dead_letter_suffix = v.optional(v.matches(r"[A-Za-z0-9_.\-]+", "None or a non-empty str of A-Z a-z 0-9 _ . -"))
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -103,7 +52,7 @@ class RetryPolicy:
     max_backoff: float = attrs.field(default=10.0, validator=_non_negative_float)
     multiplier: float = attrs.field(default=2.0, validator=_positive_float)
     strategy: Literal["in_place", "redeliver"] = attrs.field(
-        default="in_place", validator=attrs.validators.in_(("in_place", "redeliver"))
+        default="in_place", validator=v.one_of("in_place", "redeliver")
     )
 
     def backoff(self, attempt: int) -> float:
@@ -177,49 +126,64 @@ class BusOptions:
     workers: int = attrs.field(default=16, validator=_positive_int)
     worker_buffer: int = attrs.field(default=256, validator=_positive_int)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
-    dead_letter_suffix: str | None = ".dlq"
+    dead_letter_suffix: str | None = attrs.field(default=".dlq", validator=_dead_letter_suffix)
     close_timeout: float = attrs.field(default=10.0, validator=_non_negative_float)
     max_pending_publishes: int = attrs.field(default=10_000, validator=_positive_int)
     publish_batch: int = attrs.field(default=500, validator=_positive_int)
     results_buffer: int = attrs.field(default=10_000, validator=_positive_int)
     on_publish_result: PublishResultCallback | None = attrs.field(default=None, eq=False)
-    middleware: tuple[Callable[..., object], ...] = attrs.field(
-        default=(),
-        validator=attrs.validators.deep_iterable(attrs.validators.is_callable(), attrs.validators.instance_of(tuple)),
-    )
+    middleware: tuple[Callable[..., object], ...] = attrs.field(default=(), validator=v.callables)
     max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
-    group: str = "default"
-
-    def __attrs_post_init__(self) -> None:
-        if self.dead_letter_suffix is not None and (
-            not self.dead_letter_suffix or not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.dead_letter_suffix)
-        ):
-            raise InvalidOptionError(f"dead_letter_suffix {self.dead_letter_suffix!r} is not usable in topics")
-        validate_group(self.group)
+    group: str = attrs.field(default="default", validator=v.group_name)
 
 
 @attrs.frozen(slots=True, kw_only=True)
 class Statistics:
-    """A frozen snapshot of one bus's counters and live state (see :meth:`EventBus.statistics`)."""
+    """A frozen snapshot of one bus's counters and live state (see :meth:`EventBus.statistics`).
 
+    Counters count since the bus opened; the other figures are the state at the moment of the snapshot.
+    """
+
+    #: Messages the broker acknowledged (raw and envelopes, dead letters included).
     published: int
+    #: Messages the broker refused or that never reached it (each has a failed outcome).
     publish_failed: int
+    #: Messages accepted by ``publish`` whose broker outcome has not arrived yet (the in-flight window).
     pending_publishes: int
+    #: Deliveries whose handler returned (acked).
     handled: int
+    #: Handler calls that raised.
     handler_errors: int
+    #: Retries of failed handler calls (in place or by redelivery).
     retries: int
+    #: Messages sent to their dead-letter topic after their last attempt (or as undecodable).
     dead_lettered: int
+    #: Dead-letter publishes that failed (the message is nak'ed and redelivered later).
     dead_letter_failed: int
+    #: Messages that exhausted their attempts with dead-lettering disabled: acked, logged and counted here.
     discarded: int
+    #: Deliveries that did not decode to an envelope (dead-lettered at once).
     undecodable: int
+    #: Deliveries the broker made more than once (``attempt > 1``).
     redelivered: int
+    #: Deliveries a lane or worker task is processing right now.
     in_flight: int
+    #: Deepest lane queue right now.
     lane_depth_max: int
+    #: Lanes running a handler right now.
     lanes_busy: int
+    #: Keyless deliveries waiting for a worker.
     worker_queue_depth: int
+    #: Publish results not delivered: the channel was closed by its reader, or still full at the close deadline.
     results_dropped: int
+    #: Exceptions raised by ``BusOptions.on_publish_result`` (logged, never propagated).
     callback_errors: int
+    #: Tasks the bus's nursery runs right now.
     tasks_alive: int
+    #: Live subscriptions of this bus.
     subscriptions: int
+    #: Whether the bus refuses new publishes and subscriptions (closing or closed).
     closing: bool
-    backend: dict[str, object] = attrs.field(factory=dict, eq=False)
+    #: The backend's own figures: a :class:`BackendStatistics` subclass (``MemoryStatistics``,
+    #: ``NatsStatistics``, ``KafkaStatistics``).
+    backend: BackendStatistics

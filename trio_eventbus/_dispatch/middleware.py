@@ -43,7 +43,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -55,8 +55,12 @@ __all__ = ["Attempt", "CallNext", "Handler", "HandlerContext", "Middleware", "ch
 
 #: A subscription's handler: ``await handler(message_or_envelope)``; its return value is ignored.
 Handler = Callable[[Any], Awaitable[object]]
-#: The rest of the chain, as a middleware sees it: ``await call_next()``.
-CallNext = Callable[[], Awaitable[None]]
+
+
+class CallNext(Protocol):
+    """The rest of the chain, as a middleware sees it: ``await call_next()``."""
+
+    def __call__(self) -> Awaitable[None]: ...
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -78,8 +82,12 @@ class HandlerContext:
     message_id: str | None
 
 
-#: ``await middleware(ctx, call_next)`` (see the module docstring).
-Middleware = Callable[[HandlerContext, CallNext], Awaitable[None]]
+class Middleware(Protocol):
+    """``await middleware(ctx, call_next)`` (see the module docstring): any async function of that shape."""
+
+    def __call__(self, ctx: HandlerContext, call_next: CallNext, /) -> Awaitable[None]: ...
+
+
 #: One attempt: ``await attempt(delivery, value, attempt_number)`` runs the chain (or the bare handler).
 Attempt = Callable[[Delivery, Value, int], Awaitable[object]]
 _Call = Callable[[HandlerContext], Awaitable[object]]

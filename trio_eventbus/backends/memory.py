@@ -43,12 +43,14 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from .. import _validate as v
 from .._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
 from .._envelope import Envelope
-from .._exceptions import BusClosedError, InvalidOptionError
+from .._exceptions import BusClosedError
 from .._options import TopicOptions
+from .._statistics import BackendStatistics
 
-__all__ = ["MemoryBackend", "MemoryBroker", "MemoryConfig"]
+__all__ = ["MemoryBackend", "MemoryBroker", "MemoryConfig", "MemoryStatistics"]
 
 _FEATURES = BackendFeatures(
     persistent=True,
@@ -235,8 +237,7 @@ class MemoryBroker:
     """An in-process broker. Share one between buses (``MemoryConfig(broker=...)``) in the same Trio run."""
 
     def __init__(self, *, topic_capacity: int = 100_000) -> None:
-        if topic_capacity <= 0:
-            raise InvalidOptionError("topic_capacity must be > 0")
+        v.check(v.positive_int, "topic_capacity", topic_capacity)
         self._capacity = topic_capacity
         self._topics: dict[str, _Topic] = {}
 
@@ -270,6 +271,13 @@ class MemoryBroker:
 
 
 @attrs.frozen(slots=True, kw_only=True)
+class MemoryStatistics(BackendStatistics):
+    """The memory backend's figures: those of :class:`~trio_eventbus.BackendStatistics` (``state`` is ``"open"``
+    or ``"closed"``; outcomes are reported within ``send``, so ``pending_outcomes`` is always 0). Per-topic
+    counters of the shared broker are in :meth:`MemoryBroker.topic_statistics`."""
+
+
+@attrs.frozen(slots=True, kw_only=True)
 class MemoryConfig:
     """Configuration of the memory backend.
 
@@ -278,11 +286,7 @@ class MemoryConfig:
     """
 
     broker: MemoryBroker | None = attrs.field(default=None, eq=False)
-    fetch_batch: int = 256
-
-    def __attrs_post_init__(self) -> None:
-        if self.fetch_batch <= 0:
-            raise InvalidOptionError("fetch_batch must be > 0")
+    fetch_batch: int = attrs.field(default=256, validator=v.positive_int)
 
     def create_backend(self) -> MemoryBackend:
         """A backend on the shared broker, or on a new private one."""
@@ -419,5 +423,15 @@ class MemoryBackend:
         self._subscribed.clear()
         self._closed = True
 
-    def statistics(self) -> dict[str, object]:
-        return {"kind": "memory", "fetchers": self._fetchers_alive, "connected": not self._closed}
+    def statistics(self) -> MemoryStatistics:
+        """Live figures of this bus's connection to the broker (see :class:`MemoryStatistics`)."""
+        me = self._subscriber
+        return MemoryStatistics(
+            state="closed" if self._closed else "open",
+            connected=not self._closed,
+            reconnects=0,
+            pending_outcomes=0,
+            subscriptions=len(self._subscribed),
+            fetchers=self._fetchers_alive,
+            unsettled=sum(holder == me for _, group in self._subscribed for holder in group.inflight.values()),
+        )

@@ -18,6 +18,8 @@ from typing import TypeVar
 
 import trio
 
+from .._util import fixup_module_metadata
+
 __all__ = ["all_tasks", "collect"]
 
 T = TypeVar("T")
@@ -42,3 +44,6 @@ def all_tasks() -> list[trio.lowlevel.Task]:
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
     return found
+
+
+fixup_module_metadata(__name__, globals())

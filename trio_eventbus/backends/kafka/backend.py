@@ -61,6 +61,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any
 
 import trio
@@ -69,15 +70,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
-    ClusterAuthorizationFailedError,
     IllegalSaslStateError,
-    InvalidConfigurationError,
-    InvalidPartitionsError,
-    InvalidReplicationFactorError,
     KafkaError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
-    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
     UnsupportedSaslMechanismError,
     for_code,
@@ -86,17 +82,15 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
 from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
-from ..._exceptions import (
-    BackendUnavailable,
-    BusClosedError,
-    InvalidOptionError,
-)
+from ..._exceptions import BackendUnavailable, BusClosedError, InvalidOptionError, map_exceptions
 from ..._options import TopicOptions
 from .._bridge import BatchPipe, Bridge, BridgeError, open_bridge
 from .config import KafkaConfig
 from .consume import GroupConsumer
 from .partition import Partition
 from .publish import AioPublisher
+from .stats import KafkaStatistics
+from .wire import KAFKA_ERRORS, KAFKA_TOPIC_ERRORS
 
 __all__ = ["KafkaBackend", "KafkaConfig"]
 
@@ -442,14 +436,8 @@ class KafkaBackend:
         bridge = self._bridge
         if bridge is None or self._state != "running":
             raise BusClosedError("the kafka backend is not running")
-        try:
+        with map_exceptions(KAFKA_TOPIC_ERRORS, f"cannot create or describe Kafka topic {topic!r}"):
             state, partitions = await bridge.run(self._aio_ensure_topic, topic, options)
-        except (InvalidReplicationFactorError, InvalidPartitionsError, InvalidConfigurationError) as exc:
-            raise InvalidOptionError(f"Kafka refused to create topic {topic!r}: {exc}") from exc
-        except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
-            raise BackendUnavailable(f"not authorized to describe or create Kafka topic {topic!r}: {exc}") from exc
-        except (TimeoutError, KafkaError, OSError) as exc:
-            raise BackendUnavailable(f"cannot provision Kafka topic {topic!r}: {exc!r}") from exc
         if state == "missing":
             raise BackendUnavailable(
                 f"Kafka topic {topic!r} does not exist and KafkaConfig.create_topics is False: create it first"
@@ -516,15 +504,13 @@ class KafkaBackend:
             raise BusClosedError("the kafka backend is not running")
         async with self._subscribe_lock:
             consumer = self._groups.get(group)
-            try:
+            with map_exceptions(KAFKA_ERRORS, f"cannot start the Kafka consumer of group {group!r}"):
                 if consumer is None:
                     consumer = self._new_group(group, bridge, tasks)
                     live = await consumer.start(topic, sink)
                     self._groups[group] = consumer
                 else:
                     live = await consumer.add(topic, sink)
-            except (TimeoutError, KafkaError, OSError) as exc:
-                raise BackendUnavailable(f"cannot start the Kafka consumer of group {group!r}: {exc!r}") from exc
         await live.wait()
         if self._state != "running":  # woken by close()
             raise BusClosedError(f"the bus closed before the subscription to {topic!r} went live")
@@ -553,17 +539,21 @@ class KafkaBackend:
 
     # -- introspection ---------------------------------------------------------------------------------
 
-    def statistics(self) -> dict[str, object]:
+    def statistics(self) -> KafkaStatistics:
         """Connection state, pending outcomes, topics, partition mismatches and per-group figures."""
         bridge = self._bridge
-        return {
-            "kind": "kafka",
-            "state": self._state,
-            "connected": self._state == "running",
-            "bootstrap_servers": list(self.config.bootstrap_servers),
-            "bridge": None if bridge is None else bridge.kind,
-            "pending_outcomes": self._submitted - self._forwarded,
-            "topics": dict(self._topics),
-            "partition_mismatches": dict(self._mismatches),
-            "groups": {name: g.statistics() for name, g in self._groups.items()},
-        }
+        groups = {name: g.statistics() for name, g in self._groups.items()}
+        return KafkaStatistics(
+            state=self._state,
+            connected=self._state == "running",
+            reconnects=0,
+            pending_outcomes=self._submitted - self._forwarded,
+            subscriptions=sum(len(g.topics) for g in groups.values()),
+            fetchers=len(groups),
+            unsettled=sum(g.in_flight for g in groups.values()),
+            bootstrap_servers=self.config.bootstrap_servers,
+            bridge=None if bridge is None else bridge.kind,
+            topics=MappingProxyType(dict(self._topics)),
+            partition_mismatches=MappingProxyType(dict(self._mismatches)),
+            groups=MappingProxyType(groups),
+        )

@@ -15,13 +15,13 @@ created on first use with ``TopicOptions.partitions``/``replicas``.
 from __future__ import annotations
 
 import importlib.util
-import math
 import types
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from ... import _validate as v
 from ..._exceptions import InvalidOptionError
 
 if TYPE_CHECKING:
@@ -68,14 +68,18 @@ def _bootstrap(value: str | Sequence[str]) -> tuple[str, ...]:
     servers: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise InvalidOptionError(f"bootstrap server {item!r} must be a str 'host:port'")
+            raise InvalidOptionError(
+                f"bootstrap_servers: {item!r} must be a str 'host:port'", field="bootstrap_servers"
+            )
         server = item.strip()
         host, sep, port = server.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidOptionError(f"bootstrap server {item!r} must look like 'host:port'")
+            raise InvalidOptionError(
+                f"bootstrap_servers: {item!r} must look like 'host:port'", field="bootstrap_servers"
+            )
         servers.append(server)
     if not servers:
-        raise InvalidOptionError("bootstrap_servers must name at least one 'host:port'")
+        raise InvalidOptionError("bootstrap_servers must name at least one 'host:port'", field="bootstrap_servers")
     return tuple(servers)
 
 
@@ -95,39 +99,12 @@ def _keys_only(value: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k!r}: ..." for k in value) + "}"
 
 
-def _int_at_least(low: int) -> Any:
-    def check(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InvalidOptionError(f"{attribute.name} must be an int >= {low}, got {value!r}")
-
-    return check
-
-
-def _positive_seconds(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise InvalidOptionError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
-
-
-def _one_of(choices: tuple[object, ...]) -> Any:
-    def check(_inst: object, attribute: attrs.Attribute[object], value: object) -> None:
-        if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
-            raise InvalidOptionError(f"{attribute.name} must be one of {choices}, got {value!r}")
-
-    return check
-
-
-def _optional_str(_inst: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise InvalidOptionError(f"{attribute.name} must be a non-empty str or None")
-
-
-def _flag(_inst: object, attribute: attrs.Attribute[bool], value: bool) -> None:
-    if not isinstance(value, bool):
-        raise InvalidOptionError(f"{attribute.name} must be a bool, got {value!r}")
-
-
-_pos = _int_at_least(1)
-_nonneg = _int_at_least(0)
+_pos = v.positive_int
+_nonneg = v.int_at_least(0)
+_positive_seconds = v.positive_float
+_optional_str = v.optional(v.non_empty_str)
+_flag = v.boolean
+_one_of = v.one_of
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -162,7 +139,7 @@ class KafkaConfig:
         ``create_topics=True`` creates a missing topic with ``TopicOptions.partitions``/``replicas`` (and
         ``max_age``/``max_bytes`` as ``retention.ms``/``retention.bytes``); ``False`` requires topics to exist.
         An existing topic is never altered: a partition count that differs from ``TopicOptions.partitions``
-        is logged and shown in ``statistics()["partition_mismatches"]``.
+        is logged and shown in ``Statistics.backend.partition_mismatches``.
 
     Bridge and pass-through
         ``bridge``: ``"auto"`` (the running ``trio_asyncio`` loop if any, else a private asyncio loop in a
@@ -172,22 +149,20 @@ class KafkaConfig:
     """
 
     bootstrap_servers: tuple[str, ...] = attrs.field(converter=_bootstrap)
-    client_id: str = attrs.field(default="trio-eventbus", validator=_optional_str)  # type: ignore[arg-type]
-    security_protocol: SecurityProtocol = attrs.field(default="PLAINTEXT", validator=_one_of(_PROTOCOLS))
+    client_id: str = attrs.field(default="trio-eventbus", validator=_optional_str)
+    security_protocol: SecurityProtocol = attrs.field(default="PLAINTEXT", validator=_one_of(*_PROTOCOLS))
     ssl_cafile: str | None = attrs.field(default=None, validator=_optional_str)
     ssl_certfile: str | None = attrs.field(default=None, validator=_optional_str)
     ssl_keyfile: str | None = attrs.field(default=None, validator=_optional_str)
     ssl_password: str | None = attrs.field(default=None, validator=_optional_str, repr=_secret)
     ssl_check_hostname: bool = attrs.field(default=True, validator=_flag)
-    sasl_mechanism: SaslMechanism | None = attrs.field(default=None, validator=_one_of((None, *_MECHANISMS)))
+    sasl_mechanism: SaslMechanism | None = attrs.field(default=None, validator=_one_of(None, *_MECHANISMS))
     sasl_username: str | None = attrs.field(default=None, validator=_optional_str)
     sasl_password: str | None = attrs.field(default=None, validator=_optional_str, repr=_secret)
 
     enable_idempotence: bool = attrs.field(default=True, validator=_flag)
-    acks: Literal[0, 1, "all"] = attrs.field(default="all", validator=_one_of((0, 1, "all")))
-    compression: Compression | None = attrs.field(
-        factory=_default_compression, validator=_one_of((None, *_COMPRESSIONS))
-    )
+    acks: Literal[0, 1, "all"] = attrs.field(default="all", validator=_one_of(0, 1, "all"))
+    compression: Compression | None = attrs.field(factory=_default_compression, validator=_one_of(None, *_COMPRESSIONS))
     linger_ms: int = attrs.field(default=0, validator=_nonneg)
     max_batch_size: int = attrs.field(default=65536, validator=_pos)
     max_request_size: int = attrs.field(default=1048576, validator=_pos)
@@ -202,16 +177,16 @@ class KafkaConfig:
     heartbeat_interval_ms: int = attrs.field(default=3000, validator=_pos)
     max_poll_interval_ms: int = attrs.field(default=300000, validator=_pos)
     auto_offset_reset: Literal["earliest", "latest"] = attrs.field(
-        default="earliest", validator=_one_of(("earliest", "latest"))
+        default="earliest", validator=_one_of("earliest", "latest")
     )
     commit_interval: float = attrs.field(default=0.1, validator=_positive_seconds)
     commit_batch: int = attrs.field(default=1000, validator=_pos)
-    pause_threshold: int | None = attrs.field(default=None)
+    pause_threshold: int | None = attrs.field(default=None, validator=v.optional(_pos))
     rebalance_drain_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
 
     create_topics: bool = attrs.field(default=True, validator=_flag)
-    bridge: Literal["auto", "thread", "trio-asyncio"] = attrs.field(default="auto", validator=_one_of(_BRIDGES))
-    use_uvloop: bool | None = attrs.field(default=None, validator=_one_of((None, True, False)))
+    bridge: Literal["auto", "thread", "trio-asyncio"] = attrs.field(default="auto", validator=_one_of(*_BRIDGES))
+    use_uvloop: bool | None = attrs.field(default=None, validator=_one_of(None, True, False))
     client_options: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_mapping, repr=_keys_only)
     producer_options: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_mapping, repr=_keys_only)
     consumer_options: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_mapping, repr=_keys_only)
@@ -236,8 +211,6 @@ class KafkaConfig:
             raise InvalidOptionError(f"compression={self.compression!r} needs the cramjam package (aiokafka's codecs)")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise InvalidOptionError("heartbeat_interval_ms must be lower than session_timeout_ms")
-        if self.pause_threshold is not None:
-            _pos(self, attrs.fields(KafkaConfig).pause_threshold, self.pause_threshold)
         for options in (self.client_options, self.producer_options, self.consumer_options):
             if reserved := sorted(_RESERVED.intersection(options)):
                 raise InvalidOptionError(f"client options {reserved} are set by the backend and cannot be passed")

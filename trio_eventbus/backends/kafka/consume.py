@@ -69,6 +69,7 @@ from ..._exceptions import BackendUnavailable
 from .._bridge import BatchPipe, Bridge, BridgeError
 from .fetch import AioGroup, Assigned, Item, Records, Revoked, Rewound
 from .partition import Partition, decode
+from .stats import KafkaGroupStatistics
 
 __all__ = ["GroupConsumer"]
 
@@ -488,31 +489,32 @@ class GroupConsumer:
 
     # -- introspection ---------------------------------------------------------------------------------
 
-    def statistics(self) -> dict[str, object]:
+    def statistics(self) -> KafkaGroupStatistics:
+        """Live figures of this group's consumer."""
         parts = list(self._parts.values())
         lag = 0
         for p in parts:
             base = p.commit_pos if p.commit_pos is not None else p.committed
             if p.highwater is not None and base is not None:
                 lag += max(0, p.highwater - base)
-        return {
-            "topics": sorted(self._sinks),
-            "assigned": sorted(f"{p.tp.topic}[{p.tp.partition}]" for p in parts),
-            "paused": sorted(f"{p.tp.topic}[{p.tp.partition}]" for p in parts if p.paused),
-            "unsettled": sum(p.unsettled for p in parts),
-            "in_flight": sum(p.inflight for p in parts),
-            "lag": lag,
-            "naks": sum(p.naks for p in parts),
-            "generation": self._gen,
-            "rebalances": self.rebalances,
-            "commits": self.commits,
-            "commit_failures": self.commit_failures,
-            "dropped_on_halt": self.dropped,
-            "rewinds": self.rewinds,
-            "stale_records": self.stale,
-            "fetch_errors": 0 if self._aio is None else self._aio.fetch_errors,
-            "pipe": repr(self._pipe),
-        }
+        return KafkaGroupStatistics(
+            topics=tuple(sorted(self._sinks)),
+            assigned=tuple(sorted(f"{p.tp.topic}[{p.tp.partition}]" for p in parts)),
+            paused=tuple(sorted(f"{p.tp.topic}[{p.tp.partition}]" for p in parts if p.paused)),
+            unsettled=sum(p.unsettled for p in parts),
+            in_flight=sum(p.inflight for p in parts),
+            lag=lag,
+            naks=sum(p.naks for p in parts),
+            generation=self._gen,
+            rebalances=self.rebalances,
+            commits=self.commits,
+            commit_failures=self.commit_failures,
+            dropped_on_halt=self.dropped,
+            rewinds=self.rewinds,
+            stale_records=self.stale,
+            fetch_errors=0 if self._aio is None else self._aio.fetch_errors,
+            pipe=repr(self._pipe),
+        )
 
 
 def _resolve(fut: asyncio.Future[dict[Any, int]], offsets: dict[Any, int]) -> None:

@@ -29,7 +29,7 @@ import trio
 from aiokafka import ConsumerRecord, TopicPartition
 
 from ..._abc import Delivery, DeliverySink
-from .publish import H_EVENT_ID, H_MESSAGE_ID
+from .wire import H_EVENT_ID, H_MESSAGE_ID
 
 if TYPE_CHECKING:
     from .consume import GroupConsumer

@@ -29,38 +29,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ..._abc import Outcome, OutgoingMessage
-from ..._exceptions import MessageTooLargeError, PublishError
+from ..._exceptions import PublishError
 from .._bridge import BatchPipe, BridgeError
+from .wire import H_MESSAGE_ID, publish_error
 
-__all__ = ["H_EVENT_ID", "H_MESSAGE_ID", "AioPublisher"]
+__all__ = ["AioPublisher"]
 
 logger = logging.getLogger("trio_eventbus.kafka")
 
-#: Header carrying ``OutgoingMessage.message_id`` when it is not already the envelope's ``X-Event-ID``.
-H_MESSAGE_ID = "X-Message-ID"
-H_EVENT_ID = "X-Event-ID"
 _KEY_CACHE_LIMIT = 1 << 16  # remembered key -> partition mappings per topic
 _estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
 _partitioner = DefaultPartitioner()
-
-
-def publish_error(exc: BaseException) -> BaseException:
-    """A native producer error as the bus's exception, the original in ``__cause__``."""
-    if isinstance(exc, PublishError):
-        return exc
-    if isinstance(exc, MessageSizeTooLargeError):
-        err: PublishError = MessageTooLargeError(f"kafka refused the message as too large: {exc}")
-    elif isinstance(exc, KafkaTimeoutError):
-        err = PublishError(f"kafka did not acknowledge the message in time: {exc}")
-    else:
-        err = PublishError(f"kafka refused the message: {exc!r}")
-    err.__cause__ = exc
-    return err
 
 
 class _AckBatch:
@@ -178,7 +162,7 @@ class AioPublisher:
                 given = msg.headers
                 headers = [(k, v.encode("utf-8", "surrogateescape")) for k, v in given.items()] if given else []
                 mid = msg.message_id
-                if mid is not None and given.get(H_EVENT_ID) != mid:
+                if mid is not None:
                     headers.append((H_MESSAGE_ID, mid.encode("utf-8", "surrogateescape")))
                 key = None if msg.key is None else msg.key.encode("utf-8", "surrogateescape")
                 body = msg.body

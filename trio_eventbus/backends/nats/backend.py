@@ -29,8 +29,7 @@ Topics
 Publishing (:mod:`.publish`)
     JetStream async publish (reply inbox per bus, at most ``max_pending_publishes`` PubAcks awaited), one
     ack handler; ``Nats-Msg-Id`` = the message id (``event_id`` for envelopes): JetStream acks a duplicate
-    inside the window without storing it. A raw message's key travels in ``X-Message-Key`` (envelopes:
-    ``X-Aggregate-ID``).
+    inside the window without storing it. The key travels in ``X-Message-Key`` (see :mod:`.wire`).
 
 Consuming (:mod:`.consume`)
     A durable pull consumer per (topic, group) (explicit acks, ``ack_wait``, ``max_ack_pending``,
@@ -85,13 +84,20 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
-from ..._exceptions import BackendUnavailable, BusClosedError, EventBusError, InvalidOptionError, InvalidTopicError
+from ..._exceptions import (
+    BackendUnavailable,
+    BusClosedError,
+    InvalidOptionError,
+    InvalidTopicError,
+    map_exceptions,
+)
 from ..._options import TopicOptions
 from .._bridge.bridge import Bridge, BridgeError, open_bridge
 from .config import NatsConfig, _mask_url
 from .consume import CoreListener, Puller, Settler, Subscription
 from .publish import Publisher, WireItem
-from .wire import api_error_code, durable_name, stream_name, translate, wire_message
+from .stats import NatsStatistics
+from .wire import NATS_ERRORS, api_error_code, durable_name, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
 
@@ -258,12 +264,8 @@ class NatsBackend:
             return
         name = stream_name(self._config.stream_prefix, topic)
         config = self._stream_config(topic, name, options)
-        try:
+        with map_exceptions(NATS_ERRORS, f"cannot create stream {name!r} for topic {topic!r}"):
             await self._bridge.run(self._aio_ensure_stream, config)
-        except EventBusError:
-            raise
-        except Exception as exc:
-            raise translate(exc, f"cannot create stream {name!r} for topic {topic!r}") from exc
         self._topics[topic] = _Topic(topic, True, name, config)
 
     def _stream_config(self, topic: str, name: str, o: TopicOptions) -> api.StreamConfig:
@@ -352,7 +354,7 @@ class NatsBackend:
         capacity = 1_000_000 if info.persistent else 10 * cfg.fetch_batch
         sub = Subscription(topic, group, sink, self._bridge, capacity, persistent=info.persistent)
         source: Puller | CoreListener
-        try:
+        with map_exceptions(NATS_ERRORS, f"cannot subscribe to {topic!r} in group {group!r}"):
             if info.persistent:
                 assert info.stream is not None
                 assert info.config is not None
@@ -363,10 +365,6 @@ class NatsBackend:
             else:
                 source = CoreListener(self._nc, sub, cfg.request_timeout)
                 await self._bridge.run(source.start)
-        except EventBusError:
-            raise
-        except Exception as exc:
-            raise translate(exc, f"cannot subscribe to {topic!r} in group {group!r}") from exc
         sub.source = source
         if self._consuming_stopped:  # the bus began closing while the consumer was being created
             await self._bridge.run(self._aio_stop_sources, [source])
@@ -538,39 +536,34 @@ class NatsBackend:
 
     # -- introspection ---------------------------------------------------------------------------------------
 
-    def statistics(self) -> dict[str, object]:
-        """Live figures: connection state, reconnects, pending publishes, fetchers, acks."""
+    def statistics(self) -> NatsStatistics:
+        """Live figures: connection state, reconnects, pending publishes, subscriptions, acks."""
         p, s = self._publisher, self._settler
-        pullers = [sub.source for sub in self._subs if isinstance(sub.source, Puller)]
-        cores = [sub.source for sub in self._subs if isinstance(sub.source, CoreListener)]
-        return {
-            "kind": "nats",
-            "bridge": None if self._bridge is None else self._bridge.kind,
-            "connection": self._state,
-            "connected": self._state == "connected",
-            "reconnects": self._reconnects,
-            "disconnects": self._disconnects,
-            "connection_errors": self._errors,
-            "pending_publishes": 0 if p is None else p.pending,
-            "publish_acked": 0 if p is None else p.acked,
-            "publish_duplicates": 0 if p is None else p.duplicates,
-            "publish_failed": 0 if p is None else p.failed,
-            "publish_timeouts": 0 if p is None else p.timeouts,
-            "core_published": 0 if p is None else p.core_sent,
-            "subscriptions": len(self._subs),
-            "fetchers": sum(not sub.stopped.is_set() for sub in self._subs),
-            "held": sum(len(sub.held) for sub in self._subs),
-            "received": sum(x.received for x in pullers) + sum(x.received for x in cores),
-            "pull_requests": sum(x.requests_sent for x in pullers),
-            "vanished_pull_requests": sum(x.vanished for x in pullers),
-            "consumer_recoveries": sum(x.recoveries for x in pullers),
-            "core_dropped": sum(x.dropped for x in cores),
-            "acks": s.acks,
-            "naks": s.naks,
-            "terms": s.terms,
-            "acks_queued": s.queued,
-            "ack_batches": s.batches,
-        }
+        details = tuple(sub.statistics() for sub in self._subs)
+        return NatsStatistics(
+            state=self._state,
+            connected=self._state == "connected",
+            reconnects=self._reconnects,
+            pending_outcomes=0 if p is None else p.pending,
+            subscriptions=len(self._subs),
+            fetchers=sum(d.running for d in details),
+            unsettled=sum(d.unsettled for d in details),
+            bridge=None if self._bridge is None else self._bridge.kind,
+            disconnects=self._disconnects,
+            connection_errors=self._errors,
+            publish_acked=0 if p is None else p.acked,
+            publish_duplicates=0 if p is None else p.duplicates,
+            publish_failed=0 if p is None else p.failed,
+            publish_timeouts=0 if p is None else p.timeouts,
+            core_published=0 if p is None else p.core_sent,
+            received=sum(d.received for d in details),
+            acks=s.acks,
+            naks=s.naks,
+            terms=s.terms,
+            acks_queued=s.queued,
+            ack_batches=s.batches,
+            subscription_details=details,
+        )
 
 
 def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:

@@ -9,8 +9,6 @@ server URLs, ``client_options`` values) never appear in ``repr``.
 from __future__ import annotations
 
 import importlib.util
-import math
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +16,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ... import _validate as v
 from ..._exceptions import InvalidOptionError
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NatsConfig"]
 
-_PREFIX_RE = re.compile(r"[A-Za-z0-9_\-]{0,32}")
+_PREFIX = r"[A-Za-z0-9_\-]{0,32}"
 #: client_options keys the backend owns (callbacks, and the settings it manages during the first connect).
 _RESERVED_CLIENT_OPTIONS = frozenset(
     {
@@ -49,14 +48,16 @@ def _servers(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = (value,)
     if not isinstance(value, list | tuple) or not value:
-        raise InvalidOptionError("servers must be a URL or a non-empty sequence of URLs")
+        raise InvalidOptionError("servers must be a URL or a non-empty sequence of URLs", field="servers")
     out = []
     for url in value:
         if not isinstance(url, str) or not url.strip():
-            raise InvalidOptionError(f"server URL {url!r} must be a non-empty str")
+            raise InvalidOptionError(f"servers: URL {url!r} must be a non-empty str", field="servers")
         scheme = urlsplit(url if "://" in url else f"nats://{url}").scheme
         if scheme not in ("nats", "tls", "ws", "wss"):
-            raise InvalidOptionError(f"server URL scheme {scheme!r} is not one of nats, tls, ws, wss")
+            raise InvalidOptionError(
+                f"servers: URL scheme {scheme!r} is not one of nats, tls, ws, wss", field="servers"
+            )
         out.append(url.strip())
     return tuple(out)
 
@@ -84,46 +85,23 @@ def _repr_client_options(value: Mapping[str, Any]) -> str:
 
 def _client_options(value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise InvalidOptionError("client_options must be a mapping of nats-py connect() keyword arguments")
+        raise InvalidOptionError(
+            "client_options must be a mapping of nats-py connect() keyword arguments", field="client_options"
+        )
     bad = sorted(k for k in value if not isinstance(k, str) or k in _RESERVED_CLIENT_OPTIONS)
     if bad:
         raise InvalidOptionError(
-            f"client_options may not set {bad}: use the NatsConfig fields (the backend owns the callbacks)"
+            f"client_options may not set {bad}: use the NatsConfig fields (the backend owns the callbacks)",
+            field="client_options",
         )
     return MappingProxyType(dict(value))
 
 
-def _positive_number(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise InvalidOptionError(f"{attribute.name} must be a positive finite number, got {value!r}")
-
-
-def _optional_positive_number(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        _positive_number(_inst, attribute, value)
-
-
-def _positive_int(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidOptionError(f"{attribute.name} must be a positive int, got {value!r}")
-
-
-def _optional_positive_int(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        _positive_int(_inst, attribute, value)
-
-
-def _optional_str(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise InvalidOptionError(f"{attribute.name} must be a non-empty str or None")
-
-
-def _choice(*choices: str) -> Any:
-    def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value not in choices:
-            raise InvalidOptionError(f"{attribute.name} must be one of {choices}, got {value!r}")
-
-    return check
+_positive_number = v.positive_float
+_optional_positive_number = v.optional(v.positive_float)
+_positive_int = v.positive_int
+_optional_positive_int = v.optional(v.positive_int)
+_optional_str = v.optional(v.non_empty_str)
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -179,7 +157,7 @@ class NatsConfig:
     tls_hostname: str | None = attrs.field(default=None, validator=_optional_str)
     connect_timeout: float = attrs.field(default=5.0, validator=_positive_number)
     reconnect_time_wait: float = attrs.field(default=1.0, validator=_positive_number)
-    max_reconnect_attempts: int = -1
+    max_reconnect_attempts: int = attrs.field(default=-1, validator=v.positive_int_or(-1, "forever"))
     reconnect_buffer_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive_int)
     ping_interval: float = attrs.field(default=20.0, validator=_positive_number)
     request_timeout: float = attrs.field(default=5.0, validator=_positive_number)
@@ -190,17 +168,17 @@ class NatsConfig:
     ack_wait: float = attrs.field(default=30.0, validator=_positive_number)
     max_ack_pending: int = attrs.field(default=10_000, validator=_positive_int)
     max_deliver: int | None = attrs.field(default=None, validator=_optional_positive_int)
-    stream_prefix: str = "TEB_"
-    stream_storage: Literal["file", "memory"] = attrs.field(default="file", validator=_choice("file", "memory"))
+    stream_prefix: str = attrs.field(default="TEB_", validator=v.matches(_PREFIX, "0-32 characters of A-Z a-z 0-9 _ -"))
+    stream_storage: Literal["file", "memory"] = attrs.field(default="file", validator=v.one_of("file", "memory"))
     stream_max_bytes: int | None = attrs.field(default=None, validator=_optional_positive_int)
     stream_max_messages: int | None = attrs.field(default=None, validator=_optional_positive_int)
     stream_max_age: float | None = attrs.field(default=None, validator=_optional_positive_number)
     duplicate_window: float | None = attrs.field(default=None, validator=_optional_positive_number)
     bridge: Literal["auto", "thread", "trio-asyncio"] = attrs.field(
-        default="auto", validator=_choice("auto", "thread", "trio-asyncio")
+        default="auto", validator=v.one_of("auto", "thread", "trio-asyncio")
     )
-    use_uvloop: bool | None = None
-    compression: Literal["none", "lz4"] = attrs.field(default="none", validator=_choice("none", "lz4"))
+    use_uvloop: bool | None = attrs.field(default=None, validator=v.one_of(None, True, False))
+    compression: Literal["none", "lz4"] = attrs.field(default="none", validator=v.one_of("none", "lz4"))
     compression_min_bytes: int = attrs.field(default=128, validator=_positive_int)
     client_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_client_options, repr=_repr_client_options)
 
@@ -211,19 +189,10 @@ class NatsConfig:
             raise InvalidOptionError("use one of user/password, token or creds_file")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise InvalidOptionError("tls_cert_file and tls_key_file go together")
-        if (
-            isinstance(self.max_reconnect_attempts, bool)
-            or not isinstance(self.max_reconnect_attempts, int)
-            or self.max_reconnect_attempts == 0
-            or self.max_reconnect_attempts < -1
-        ):
-            raise InvalidOptionError("max_reconnect_attempts must be a positive int or -1 (forever)")
-        if not isinstance(self.stream_prefix, str) or not _PREFIX_RE.fullmatch(self.stream_prefix):
-            raise InvalidOptionError("stream_prefix must be 0-32 characters of A-Z a-z 0-9 _ -")
-        if self.use_uvloop not in (None, True, False):
-            raise InvalidOptionError("use_uvloop must be None, True or False")
         if self.compression == "lz4" and importlib.util.find_spec("lz4") is None:
-            raise InvalidOptionError("compression='lz4' needs the lz4 package: pip install 'trio_eventbus[lz4]'")
+            raise InvalidOptionError(
+                "compression='lz4' needs the lz4 package: pip install 'trio_eventbus[lz4]'", field="compression"
+            )
 
     def create_backend(self) -> NatsBackend:
         """A new, unstarted backend for one bus (imports nats-py now)."""

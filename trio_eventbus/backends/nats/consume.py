@@ -45,6 +45,7 @@ import trio
 from ..._abc import Delivery, DeliverySink, Disposition
 from .._bridge import BatchPipe, Bridge, BridgeError
 from .._bridge.inbox import LoopInbox
+from .stats import NatsSubscriptionStatistics
 from .wire import ACK, NAK, TERM, attempt_of, nak_delay, to_delivery
 
 __all__ = ["CoreListener", "JsToken", "Puller", "Settler", "Subscription"]
@@ -134,6 +135,23 @@ class Subscription:
             with trio.CancelScope(deadline=due) as self._wait:
                 got = await self.pipe.receive_batch(batch)
                 return got, len(got)
+
+    def statistics(self) -> NatsSubscriptionStatistics:
+        """Live figures of this subscription and its fetcher."""
+        source = self.source
+        puller = source if isinstance(source, Puller) else None
+        return NatsSubscriptionStatistics(
+            topic=self.topic,
+            group=self.group,
+            persistent=self.persistent,
+            running=not self.stopped.is_set(),
+            received=0 if source is None else source.received,
+            unsettled=len(self.held),
+            pull_requests=0 if puller is None else puller.requests_sent,
+            vanished_pull_requests=0 if puller is None else puller.vanished,
+            consumer_recoveries=0 if puller is None else puller.recoveries,
+            dropped=source.dropped if isinstance(source, CoreListener) else 0,
+        )
 
     def requeue(self, delivery: Delivery, delay: float) -> None:
         """Core NATS NAK: deliver again after ``delay`` seconds, as the next attempt."""

@@ -39,10 +39,10 @@ import trio
 from nats.js.errors import APIError
 
 from ..._abc import Outcome
-from ..._exceptions import PublishError
+from ..._exceptions import PublishError, translate_exception
 from .._bridge import BatchPipe, Bridge
 from .._bridge.inbox import LoopInbox
-from .wire import translate
+from .wire import NATS_PUBLISH_ERRORS
 
 __all__ = ["PublishTimeout", "Publisher", "WireItem"]
 
@@ -159,8 +159,7 @@ class Publisher:
                 except Exception as exc:
                     inflight.pop(seq, None)
                     self.failed += 1
-                    error = translate(exc, f"publish to {subject!r} refused", publish=True)
-                    error.__cause__ = exc
+                    error = translate_exception(exc, NATS_PUBLISH_ERRORS, f"publish to {subject!r} refused")
                     now.append(Outcome((seq,), error))
             index = len(items)
         except (asyncio.CancelledError, _Abandoned) as exc:

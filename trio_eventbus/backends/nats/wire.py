@@ -1,4 +1,4 @@
-"""The NATS wire format of the bus: names, headers, compression, ack payloads, error translation.
+"""The NATS wire format of the bus: names, headers, compression, ack payloads, error mapping.
 
 Pure functions and constants, no I/O; shared by the publishing and consuming halves of the NATS backend.
 
@@ -10,9 +10,13 @@ Names (see also :mod:`trio_eventbus.backends.nats`)
 
 Headers added on the wire and removed again before the bus sees a delivery
     ``Nats-Msg-Id``: the message id (``event_id`` of envelopes), JetStream's dedupe key;
-    ``X-Message-Key``: the key of a raw message (envelopes carry theirs in ``X-Aggregate-ID``, so it is not
-    repeated for them); ``X-Content-Encoding: lz4``: the body is an LZ4 frame (only when that made it
-    smaller).
+    ``X-Message-Key``: the key, written for every keyed message (NATS messages have no key field); the
+    envelope's own headers are never consulted to decide. On decoding, a message without ``X-Message-Key``
+    takes its key from ``X-Aggregate-ID`` when present, so envelopes of producers that do not set the bus's
+    header (the Go services of the seeds, earlier versions of this bus) keep their per-aggregate order. The bus
+    refuses all these names as user headers (:func:`trio_eventbus._envelope.check_headers`), so neither the
+    key nor the dedupe id can be spoofed through headers;
+    ``X-Content-Encoding: lz4``: the body is an LZ4 frame (only when that made it smaller).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import nats.errors
+
 from ..._abc import Delivery
 from ..._codec import H_AGGREGATE_ID
-from ..._exceptions import BackendUnavailable, EventBusError, InvalidTopicError, PublishError
+from ..._exceptions import BackendUnavailable, ExceptionMapping, InvalidTopicError, PublishError
 
 __all__ = [
     "ACK",
@@ -31,13 +37,14 @@ __all__ = [
     "H_KEY",
     "H_MSG_ID",
     "NAK",
+    "NATS_ERRORS",
+    "NATS_PUBLISH_ERRORS",
     "TERM",
     "attempt_of",
     "durable_name",
     "nak_delay",
     "stream_name",
     "to_delivery",
-    "translate",
     "wire_message",
 ]
 
@@ -90,7 +97,7 @@ def wire_message(
     out = dict(headers)
     if message_id is not None:
         out[H_MSG_ID] = message_id
-    if key is not None and out.get(H_AGGREGATE_ID) != key:
+    if key is not None:
         out[H_KEY] = key
     if compress_min is not None and len(body) >= compress_min:
         import lz4.frame
@@ -122,7 +129,7 @@ def to_delivery(topic: str, body: bytes, headers: Mapping[str, str] | None, atte
     clean = dict(headers)
     message_id = clean.pop(H_MSG_ID, None)
     key = clean.pop(H_KEY, None)
-    if key is None:
+    if key is None:  # a producer that does not set the bus's key header (see the module docstring)
         key = clean.get(H_AGGREGATE_ID)
     encoding = clean.pop(H_ENCODING, None)
     if encoding is not None:
@@ -138,19 +145,11 @@ def to_delivery(topic: str, body: bytes, headers: Mapping[str, str] | None, atte
     return Delivery(topic, body, clean, key or None, message_id, attempt, token)
 
 
-def _describe(exc: BaseException) -> str:
-    description = getattr(exc, "description", None)
-    text = str(description) if description else str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
-
-
-def translate(exc: BaseException, what: str, *, publish: bool = False) -> EventBusError:
-    """A bus error for a nats-py error (the caller raises it ``from exc``)."""
-    if isinstance(exc, EventBusError):
-        return exc
-    if publish:
-        return PublishError(f"{what}: {_describe(exc)}")
-    return BackendUnavailable(f"{what}: {_describe(exc)}")
+#: Errors of the connection and JetStream API calls (nats-py's own, socket errors, timeouts) as bus errors,
+#: for :func:`~trio_eventbus._exceptions.map_exceptions` around topic, subscription and connection calls.
+NATS_ERRORS: ExceptionMapping = {(nats.errors.Error, OSError, TimeoutError): BackendUnavailable}
+#: Any failure to hand a message to NATS is a failed publish (reported in its outcome, never raised).
+NATS_PUBLISH_ERRORS: ExceptionMapping = {Exception: PublishError}
 
 
 def api_error_code(exc: BaseException) -> int | None:
