@@ -51,16 +51,22 @@ def _figures(prefix: str, count: int, elapsed: float, latencies: list[float]) ->
 async def _paced(
     envelopes: list[Envelope],
     rate: float | None,
+    publish_nowait: Callable[[Envelope], None],
     publish: Callable[[Envelope], Awaitable[None]],
     sent: dict[str, float],
 ) -> None:
+    """Publish every envelope (at ``rate``/s, or as fast as taken) in the fastest public form of each side:
+    the synchronous ``*_nowait`` call, falling back to the awaited form (which waits for room) on WouldBlock."""
     clock = time.perf_counter
     start = trio.current_time()
     for i, env in enumerate(envelopes):
         if rate is not None:
             await trio.sleep_until(start + i / rate)
         sent[env.event_id] = clock()
-        await publish(env)
+        try:
+            publish_nowait(env)
+        except trio.WouldBlock:
+            await publish(env)
 
 
 async def _run_bare(envelopes: list[Envelope], buffer: int, rate: float | None = None) -> dict[str, float]:
@@ -82,7 +88,7 @@ async def _run_bare(envelopes: list[Envelope], buffer: int, rate: float | None =
     start = clock()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consumer)
-        await _paced(envelopes, rate, send.send, sent)
+        await _paced(envelopes, rate, send.send_nowait, send.send, sent)
         await done.wait()
         elapsed = clock() - start
         await send.aclose()
@@ -124,10 +130,13 @@ async def _run_bus(
             await bus.subscribe_envelope("bench.orders", handler)
             start = clock()
 
+            def publish_nowait(env: Envelope) -> None:
+                bus.publish_envelope_nowait("bench.orders", env)
+
             async def publish(env: Envelope) -> None:
                 await bus.publish_envelope("bench.orders", env)
 
-            await _paced(envelopes, rate, publish, sent)
+            await _paced(envelopes, rate, publish_nowait, publish, sent)
             await done.wait()
             elapsed = clock() - start
             await bus.flush()
