@@ -3,7 +3,7 @@
 - ``tests``: installs the package with every extra, provisions the brokers (``tools/provision.py``: Debian's
   nats-server, Apache Kafka from Maven Central; skipped for brokers named by ``TEB_NATS_URL`` /
   ``TEB_KAFKA_BOOTSTRAP``), then runs pytest. Extra arguments go to pytest: ``nox -s tests -- -m "not kafka"``.
-- ``lint``: ruff check and ruff format --check. ``typecheck``: mypy --strict.
+- ``lint``: ruff check, ruff format --check, flake8-async ASYNC910/911 (checkpoints). ``typecheck``: mypy --strict.
 - ``demo`` / ``bench``: ``python -m trio_eventbus demo|bench`` (extra arguments passed on).
 """
 
@@ -29,10 +29,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check + ruff format --check."""
-    session.install("ruff>=0.5")
+    """ruff check + ruff format --check; flake8-async's opt-in checkpoint rules (see .flake8)."""
+    session.install("ruff>=0.5", "flake8", "flake8-async")
     session.run("ruff", "check", "trio_eventbus", "bench", "tests", "examples", "noxfile.py", "tools")
     session.run("ruff", "format", "--check", "trio_eventbus", "bench", "tests", "examples", "noxfile.py", "tools")
+    # every public async function is a checkpoint on every path (ASYNC9xx are opt-in, not in ruff's ASYNC set)
+    session.run("flake8", "--select=ASYNC910,ASYNC911", "trio_eventbus")
 
 
 @nox.session(python=PYTHON)
