@@ -5,7 +5,7 @@
   ``TEB_KAFKA_BOOTSTRAP``), then runs pytest on Python 3.11, 3.12 and 3.13 (coverage reported on 3.11).
   Extra arguments go to pytest: ``nox -s tests-3.12 -- -m "not kafka"``.
 - ``tests_memory``: the fast loop: every test that needs no broker (no Java, Maven or apt; under a minute).
-- ``lint``: ruff check and ruff format --check. ``typecheck``: mypy --strict.
+- ``lint``: ruff check, ruff format --check, flake8-async ASYNC910/911 (checkpoints). ``typecheck``: mypy --strict.
 - ``demo`` / ``bench``: ``python -m trio_eventbus demo|bench`` (extra arguments passed on).
 """
 
@@ -55,10 +55,12 @@ def tests_memory(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check + ruff format --check."""
-    session.install("ruff>=0.5")
+    """ruff check + ruff format --check; flake8-async's opt-in checkpoint rules (see .flake8)."""
+    session.install("ruff>=0.5", "flake8", "flake8-async")
     session.run("ruff", "check", "trio_eventbus", "bench", "tests", "examples", "noxfile.py", "tools")
     session.run("ruff", "format", "--check", "trio_eventbus", "bench", "tests", "examples", "noxfile.py", "tools")
+    # every public async function is a checkpoint on every path (ASYNC9xx are opt-in, not in ruff's ASYNC set)
+    session.run("flake8", "--select=ASYNC910,ASYNC911", "trio_eventbus")
 
 
 @nox.session(python=PYTHON)

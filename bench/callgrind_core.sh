@@ -5,6 +5,9 @@
 set -euo pipefail
 PY=${1:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
+# measure the trio_eventbus of this checkout, not whichever one the interpreter has installed (editable installs
+# point at one tree; core_load.py's own directory, bench/, is what lands on sys.path otherwise)
+export PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
 count() {
     local out
     out=$(mktemp)

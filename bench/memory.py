@@ -10,6 +10,9 @@ modes, each leg run ``rounds`` times alternately (the machine's load moves all l
   latency (publish call to handler) that the queues built up on the way;
 - paced: ``rate`` msgs/s; the latency p50/p99 of an unsaturated bus.
 
+The bus publishes with ``publish_envelope_nowait`` (its hot-loop form), awaiting ``publish_envelope`` only when
+the window is full; the bare channel with ``await send.send``.
+
 The memory backend hands envelope objects through (see backends/memory.py), so decoding is not in these
 figures; the codec's own cost per envelope is reported as ``encode_us`` and ``decode_us``.
 """
@@ -51,16 +54,25 @@ def _figures(prefix: str, count: int, elapsed: float, latencies: list[float]) ->
 async def _paced(
     envelopes: list[Envelope],
     rate: float | None,
+    publish_nowait: Callable[[Envelope], None] | None,
     publish: Callable[[Envelope], Awaitable[None]],
     sent: dict[str, float],
 ) -> None:
+    """Publish every envelope (at ``rate``/s, or as fast as taken): the synchronous ``publish_nowait`` when
+    given, falling back to the awaited ``publish`` (which waits for room) on WouldBlock; else ``publish``."""
     clock = time.perf_counter
     start = trio.current_time()
     for i, env in enumerate(envelopes):
         if rate is not None:
             await trio.sleep_until(start + i / rate)
         sent[env.event_id] = clock()
-        await publish(env)
+        if publish_nowait is None:
+            await publish(env)
+            continue
+        try:
+            publish_nowait(env)
+        except trio.WouldBlock:
+            await publish(env)
 
 
 async def _run_bare(envelopes: list[Envelope], buffer: int, rate: float | None = None) -> dict[str, float]:
@@ -82,7 +94,9 @@ async def _run_bare(envelopes: list[Envelope], buffer: int, rate: float | None =
     start = clock()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consumer)
-        await _paced(envelopes, rate, send.send, sent)
+        # the yardstick stays trio's idiomatic ``await send.send`` (a checkpoint per envelope), as in every earlier
+        # figure; with send_nowait + fallback the bare leg measured ~1.4-1.7x faster (under load, 2026-11-29)
+        await _paced(envelopes, rate, None, send.send, sent)
         await done.wait()
         elapsed = clock() - start
         await send.aclose()
@@ -124,10 +138,13 @@ async def _run_bus(
             await bus.subscribe_envelope("bench.orders", handler)
             start = clock()
 
+            def publish_nowait(env: Envelope) -> None:
+                bus.publish_envelope_nowait("bench.orders", env)
+
             async def publish(env: Envelope) -> None:
                 await bus.publish_envelope("bench.orders", env)
 
-            await _paced(envelopes, rate, publish, sent)
+            await _paced(envelopes, rate, publish_nowait, publish, sent)
             await done.wait()
             elapsed = clock() - start
             await bus.flush()

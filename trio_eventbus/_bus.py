@@ -46,7 +46,7 @@ import math
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import trio
 
@@ -83,6 +83,11 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
 
     Every method may be called from any task of the Trio run that opened the bus. See the module docstring for
     the lifecycle and :mod:`trio_eventbus._publish` / :mod:`trio_eventbus._dispatch` for delivery details.
+
+    Every ``async`` method is a Trio checkpoint on every path (it checks for cancellation first, and yields once
+    even when it need not wait), as trio's own channels are; each docstring says what a ``Cancelled`` from it
+    leaves behind. Hot loops publish with the synchronous :meth:`publish_nowait` /
+    :meth:`publish_envelope_nowait` and await only on ``trio.WouldBlock``.
     """
 
     def __init__(self, backend: Backend, options: BusOptions) -> None:
@@ -149,6 +154,12 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         self._publisher.stop_sending()
 
     # -- publishing ------------------------------------------------------------------------------------------
+    #
+    # Checkpoints: every async method of the bus is a Trio checkpoint on every path, in the shape of
+    # trio.MemorySendChannel.send: ``checkpoint_if_cancelled()`` first (a cancelled caller gets Cancelled before
+    # anything happens), then the synchronous path, then ``cancel_shielded_checkpoint()`` (a yield that cannot
+    # undo what was done), or else the blocking path, which is itself a checkpoint. Hot loops that must not yield
+    # per message use the synchronous ``publish_nowait`` / ``publish_envelope_nowait``.
 
     def _check_open(self) -> None:
         if self._closing:
@@ -159,6 +170,51 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             raise MessageTooLargeError(
                 f"message to {topic!r} is {len(body)} bytes; max_message_bytes is {self._options.max_message_bytes}"
             )
+
+    def _raw(
+        self,
+        topic: str,
+        data: bytes,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        message_id: str | None,
+    ) -> tuple[bytes, Mapping[str, str]]:
+        """Check a raw publish: (body, frozen headers); BusClosedError or a ValueError subclass, nothing sent.
+
+        :meth:`publish_nowait` inlines the same checks (tests/test_checkpoints.py holds both forms to the same
+        errors)."""
+        if self._closing:
+            self._check_open()
+        if type(data) is bytes:
+            body = data
+        elif isinstance(data, bytes | bytearray | memoryview):
+            body = bytes(data)
+        else:
+            raise InvalidEnvelopeError(f"data must be bytes, not {type(data).__name__}")
+        if key is not None or message_id is not None:
+            check_key_and_id(key, message_id)
+        if len(body) > self._max_message_bytes:
+            self._check_size(topic, body)
+        return body, _EMPTY_HEADERS if headers is None else freeze_headers(headers)
+
+    def _encoded(self, topic: str, envelope: Envelope) -> tuple[bytes, Mapping[str, str]]:
+        """Check and encode an envelope publish: (body, headers); BusClosedError or a ValueError subclass."""
+        if self._closing:
+            self._check_open()
+        if not isinstance(envelope, Envelope):
+            raise InvalidEnvelopeError(f"expected an Envelope, got {type(envelope).__name__}")
+        body, headers = encode_envelope(envelope)
+        if len(body) > self._max_message_bytes:
+            self._check_size(topic, body)
+        return body, headers
+
+    def _unready(self, topic: str) -> NoReturn:
+        """A ``*_nowait`` publish to a topic not provisioned yet: InvalidTopicError, or WouldBlock."""
+        validate_topic(topic)
+        raise trio.WouldBlock(
+            f"topic {topic!r} is not provisioned on the broker yet: the first publish to it must be awaited "
+            "(or subscribe / configure_topic first)"
+        )
 
     async def publish(
         self,
@@ -179,7 +235,48 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         Raises :class:`BusClosedError` after close, ``ValueError`` subclasses for bad input (nothing sent):
         :class:`InvalidHeaderError` for headers, ``key`` or ``message_id`` outside the one header rule every
         backend carries, or a header the bus writes itself (see ``_envelope.freeze_headers``).
+        The first publish to a topic provisions it on the broker (once, see :meth:`configure_topic`).
+
+        Always a checkpoint (it yields to other tasks once, even when the window has room). Cancellation: if it
+        raises ``Cancelled``, nothing was queued; except that with ``confirm=True`` a cancel arriving while it
+        waits for the broker's ack abandons only the wait: the message was queued and gets its outcome as any
+        other. For hot loops, :meth:`publish_nowait` does the same without yielding.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        body, frozen = self._raw(topic, data, key, headers, message_id)
+        if topic not in self._topics.ready:
+            await self._topics.ensure(topic)
+        if confirm or not self._publisher.submit_nowait(topic, body, frozen, key, message_id, None):
+            await self._publisher.submit(topic, body, frozen, key, message_id, None, confirm=confirm)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def publish_nowait(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """:meth:`publish` without waiting and without yielding: a synchronous call for hot loops.
+
+        Queues the message into the in-flight window, or raises ``trio.WouldBlock`` and queues nothing: when
+        the window is full (``BusOptions.max_pending_publishes`` in flight), or when ``topic`` has not been
+        provisioned on the broker yet (that takes a broker round trip: await one :meth:`publish` to the topic,
+        or :meth:`subscribe` / :meth:`configure_topic`, first). The usual loop falls back to the async form::
+
+            try:
+                bus.publish_nowait(topic, data, key=key)
+            except trio.WouldBlock:
+                await bus.publish(topic, data, key=key)   # waits for room (or provisions the topic)
+
+        Raises :class:`BusClosedError` after close and the same ``ValueError`` subclasses as :meth:`publish`
+        (:class:`InvalidTopicError` for a bad name), nothing sent. It never yields: a loop of these calls
+        holds the scheduler until it awaits something.
+        """
+        # the checks of _raw, inlined: this is the hot loop's call (the helper call measured ~1% per message)
         if self._closing:
             self._check_open()
         if type(data) is bytes:
@@ -194,29 +291,52 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             self._check_size(topic, body)
         frozen = _EMPTY_HEADERS if headers is None else freeze_headers(headers)
         if topic not in self._topics.ready:
-            await self._topics.ensure(topic)
-        if confirm or not self._publisher.submit_nowait(topic, body, frozen, key, message_id, None):
-            await self._publisher.submit(topic, body, frozen, key, message_id, None, confirm=confirm)
+            self._unready(topic)
+        if not self._publisher.submit_nowait(topic, body, frozen, key, message_id, None):
+            raise trio.WouldBlock("the in-flight publish window is full")
 
     async def publish_envelope(self, topic: str, envelope: Envelope, *, confirm: bool = False) -> None:
         """Publish an envelope, keyed by its ``aggregate_id``, with ``event_id`` as the broker dedupe id.
 
         Exactly one :class:`PublishResult` per call that returns (on ``publish_results()`` once opened, and on
-        ``BusOptions.on_publish_result``). Backpressure and ``confirm`` as in :meth:`publish`.
+        ``BusOptions.on_publish_result``). Backpressure, ``confirm``, errors and cancellation as in
+        :meth:`publish`: always a checkpoint; if it raises ``Cancelled``, nothing was queued (and no result
+        will come), except for a cancel during a ``confirm=True`` wait for the ack (queued: its result comes).
         """
-        self._check_open()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        body, headers = self._encoded(topic, envelope)
+        if topic not in self._topics.ready:
+            await self._topics.ensure(topic)
+        key = envelope.aggregate_id
+        if confirm or not self._publisher.submit_nowait(topic, body, headers, key, envelope.event_id, envelope):
+            await self._publisher.submit(topic, body, headers, key, envelope.event_id, envelope, confirm=confirm)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def publish_envelope_nowait(self, topic: str, envelope: Envelope) -> None:
+        """:meth:`publish_envelope` without waiting and without yielding; semantics of :meth:`publish_nowait`.
+
+        Queued (exactly one :class:`PublishResult` will come), or ``trio.WouldBlock`` and nothing queued (window
+        full, or ``topic`` not provisioned yet), or :class:`BusClosedError` / a ``ValueError`` subclass.
+        """
+        # the checks of _encoded, inlined: this is the hot loop's call
+        if self._closing:
+            self._check_open()
         if not isinstance(envelope, Envelope):
             raise InvalidEnvelopeError(f"expected an Envelope, got {type(envelope).__name__}")
         body, headers = encode_envelope(envelope)
-        self._check_size(topic, body)
+        if len(body) > self._max_message_bytes:
+            self._check_size(topic, body)
         if topic not in self._topics.ready:
-            await self._topics.ensure(topic)
-        await self._publisher.submit(
-            topic, body, headers, envelope.aggregate_id, envelope.event_id, envelope, confirm=confirm
-        )
+            self._unready(topic)
+        if not self._publisher.submit_nowait(topic, body, headers, envelope.aggregate_id, envelope.event_id, envelope):
+            raise trio.WouldBlock("the in-flight publish window is full")
 
     async def flush(self) -> None:
-        """Wait until every publish accepted before this call has its broker ack or failure."""
+        """Wait until every publish accepted before this call has its broker ack or failure.
+
+        Always a checkpoint. Cancelled, it abandons only the wait: the publishes go on and get their outcomes.
+        """
         await self._publisher.flush()
 
     def publish_results(self) -> ResultChannel[PublishResult]:
@@ -241,6 +361,11 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         Ordering, retries and dead letters as described in :mod:`trio_eventbus._dispatch`. Within ``group``
         (default ``BusOptions.group``) each message goes to one subscriber; each group gets every message.
         Raises :class:`AlreadySubscribedError` for a second subscription of this bus to (topic, group).
+        The first use of a topic provisions it on the broker.
+
+        Always a checkpoint. Cancellation: if it raises ``Cancelled``, this bus records no subscription for
+        (topic, group), so subscribing again is allowed (a cancel during the broker call may leave the topic, or
+        a broker-side consumer, created); once it returns, messages flow to ``handler``.
         """
         await self._subscribe(topic, handler, group, envelopes=False)
 
@@ -248,10 +373,12 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         self, topic: str, handler: Callable[[Envelope], Awaitable[object]], *, group: str | None = None
     ) -> None:
         """Like :meth:`subscribe`, decoding each message into an :class:`Envelope` (undecodable ones are
-        dead-lettered at once); envelopes of one aggregate are handled in publish order."""
+        dead-lettered at once); envelopes of one aggregate are handled in publish order. A checkpoint, with the
+        cancellation semantics of :meth:`subscribe`."""
         await self._subscribe(topic, handler, group, envelopes=True)
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None, *, envelopes: bool) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         validate_topic(topic)
         group = self._options.group if group is None else validate_group(group)
@@ -265,13 +392,21 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         except BaseException:
             del self._subscriptions[(topic, group)]
             raise
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     # -- topics ----------------------------------------------------------------------------------------------
 
     async def configure_topic(self, topic: str, options: TopicOptions) -> None:
-        """Set ``options`` for ``topic`` and apply them on the broker now (create or update)."""
+        """Set ``options`` for ``topic`` and apply them on the broker now (create or update).
+
+        Always a checkpoint. Cancellation: if it raises ``Cancelled`` before the broker call, nothing changed;
+        during the broker call, the options are stored and the next publish or subscribe to the topic applies
+        them again (the broker may or may not have them already). Once it returns, they are applied.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         await self._topics.configure(topic, options)
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def topic_config(self, topic: str) -> TopicOptions:
         """The options in force for ``topic`` (the defaults unless configured)."""

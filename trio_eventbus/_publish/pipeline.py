@@ -293,10 +293,15 @@ class PublishPipeline:
         self._flush_waiters = still
 
     async def flush(self) -> None:
-        """Wait until every message submitted before this call has its outcome."""
+        """Wait until every message submitted before this call has its outcome.
+
+        Always a checkpoint (``checkpoint_if_cancelled``, then a shielded yield when nothing is pending, else the
+        wait). Cancelled, it abandons only the wait: the messages keep going and get their outcomes.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
         target = self._seq
         if self._frontier >= target:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         event = trio.Event()
         self._flush_waiters.append((target, event))

@@ -54,11 +54,16 @@ class ResultChannel(trio.abc.ReceiveChannel[T], Generic[T]):
         return True
 
     async def put(self, item: T) -> None:
-        """Append ``item``; while full, wait until the reader has drained half the buffer."""
-        if self._read_closed:
-            raise trio.BrokenResourceError
+        """Append ``item``; while full, wait until the reader has drained half the buffer.
+
+        Always a checkpoint. Cancelled (before or while waiting), nothing was appended.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            await self._queue.put(item)
+            if self.put_nowait(item):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            await self._queue.put(item)  # full: it parks, and that is the checkpoint
         except trio.ClosedResourceError:
             raise trio.BrokenResourceError from None
 
@@ -76,7 +81,12 @@ class ResultChannel(trio.abc.ReceiveChannel[T], Generic[T]):
         return self._queue.get_nowait()
 
     async def receive(self) -> T:
-        """Take the oldest result, waiting while the channel is empty. Always a checkpoint."""
+        """Take the oldest result, waiting while the channel is empty.
+
+        Always a checkpoint. Cancelled, it took nothing (the result stays for the next ``receive``). At the end
+        of the stream it raises ``trio.EndOfChannel`` after ``checkpoint_if_cancelled`` only, as trio's
+        ``MemoryReceiveChannel.receive`` does.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             item = self.receive_nowait()
@@ -86,7 +96,7 @@ class ResultChannel(trio.abc.ReceiveChannel[T], Generic[T]):
         return item
 
     async def aclose(self) -> None:
-        """Stop reading: the bus counts later results as dropped."""
+        """Stop reading: the bus counts later results as dropped. Always a checkpoint; done even if cancelled."""
         self._read_closed = True
         self._queue.close()
         await trio.lowlevel.checkpoint()
