@@ -234,7 +234,7 @@ class KafkaBackend:
                     await bridge.run(self._aio_connect)
                 except (TimeoutError, KafkaError, OSError) as exc:
                     unavailable = await self._unavailable(bridge, exc)  # its __cause__: the native reason
-                    raise unavailable  # noqa: B904
+                    raise unavailable  # noqa: B904 - _unavailable set its __cause__ already
                 try:
                     async with trio.open_nursery() as tasks:
                         self._tasks = tasks

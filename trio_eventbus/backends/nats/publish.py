@@ -139,7 +139,7 @@ class Publisher:
         now: list[Outcome] = []
         index = 0
         try:
-            for index, (seq, subject, body, headers, persistent) in enumerate(items):  # noqa: B007
+            for index, (seq, subject, body, headers, persistent) in enumerate(items):  # noqa: B007 - index is read after the loop (where it stopped)
                 if persistent:
                     while len(inflight) >= self._max_pending and not self.abandoned:
                         self._space = asyncio.Event()
