@@ -8,6 +8,8 @@
   backend).
 - :mod:`trio_eventbus.testing.servers`: start/stop real ``nats-server`` and Kafka processes (stdlib only).
 - :mod:`trio_eventbus.testing.fixtures`: pytest fixtures over those servers.
+- :mod:`trio_eventbus.testing.leaks`: ``watch_task_leaks()``, a Trio instrument that fails when a task spawned
+  while a bus was open outlives it (reading a nursery after it exited cannot fail).
 - :func:`all_tasks`: every task of the current Trio run (for "no task left behind" checks).
 - :func:`collect`: drain a channel (such as ``publish_results()``) into a list, from a nursery outside the bus.
 """

@@ -28,7 +28,7 @@ The case fixtures must be synchronous (the suite reads the features before the T
 skip keeps its reason); an async context the checks need, such as ``trio_asyncio.open_loop()``, goes in
 ``BackendCase.context``. Every check runs under ``trio.fail_after(case.timeout)`` inside that context, waits
 on events rather than sleeping, uses unique topic names and opens each bus under a task-leak watch
-(:mod:`trio_eventbus.testing._task_leaks`).
+(:mod:`trio_eventbus.testing.leaks`).
 """
 
 from __future__ import annotations
