@@ -479,7 +479,10 @@ async def test_full_lanes_pause_the_partition_and_resume_it(kafka_bootstrap: str
             await paused.wait()
             stats = group_stats(bus, group)
             assert len(stats.paused) == 1
-            assert 40 < stats.unsettled <= 40 + 20 * 6, stats  # a few fetch batches past the threshold
+            # bounded: the batch that crossed the threshold, the pipe's 4 batches, the fetch loop's blocked put,
+            # and the getmany calls that ran on the loop before the pause request reached it (publishes yield
+            # now, so fetches interleave with them and batches are uneven): a handful of batches, never more
+            assert 40 < stats.unsettled <= 40 + 20 * 8, stats
             gate.set()
             await resumed.wait()
             await done.wait()
