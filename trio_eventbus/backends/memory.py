@@ -355,6 +355,9 @@ class MemoryBackend:
         await self._outcomes.send([Outcome(stored)])
 
     async def subscribe(self, topic: str, group: str, options: TopicOptions, sink: DeliverySink) -> None:
+        """Start the fetcher of ``(topic, group)``. Cancelled, it subscribed nothing; once the fetcher is
+        started, it returns normally (the bus records the subscription only when this returns)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._nursery is None or self._closed:
             raise BusClosedError("the memory backend is closed")
         t = self.broker._topic(topic)
@@ -366,7 +369,7 @@ class MemoryBackend:
         self._fetchers_alive += 1
         self._fetchers_done = trio.Event()
         self._nursery.start_soon(self._fetch, t, g, sink, scope, name=f"teb-memory-fetch-{topic}-{group}")
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _fetch(self, topic: _Topic, group: _Group, sink: DeliverySink, scope: trio.CancelScope) -> None:
         try:
