@@ -395,20 +395,21 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
     def statistics(self) -> Statistics:
         """A frozen snapshot of counters and live state."""
         d = self._dispatcher
+        c = d.counters
         p = self._publisher
         depths = d.lanes.depths()
         return Statistics(
             published=p.published,
             publish_failed=p.failed,
             pending_publishes=p.pending,
-            handled=d.handled,
-            handler_errors=d.handler_errors,
-            retries=d.retries,
-            dead_lettered=d.dead_lettered,
-            dead_letter_failed=d.dead_letter_failed,
-            discarded=d.discarded,
-            undecodable=d.undecodable,
-            redelivered=d.redelivered,
+            handled=c.handled,
+            handler_errors=c.handler_errors,
+            retries=c.retries,
+            dead_lettered=c.dead_lettered,
+            dead_letter_failed=c.dead_letter_failed,
+            discarded=c.discarded,
+            undecodable=c.undecodable,
+            redelivered=c.redelivered,
             in_flight=d.in_flight,
             lane_depth_max=max(depths, default=0),
             lanes_busy=d.lanes.busy,

@@ -118,37 +118,3 @@ class Dispatcher:
     def in_flight(self) -> int:
         """Deliveries being processed by a lane or worker task right now."""
         return self.router.in_flight
-
-    # the counters, under the names the bus's statistics read
-
-    @property
-    def handled(self) -> int:
-        return self.counters.handled
-
-    @property
-    def handler_errors(self) -> int:
-        return self.counters.handler_errors
-
-    @property
-    def retries(self) -> int:
-        return self.counters.retries
-
-    @property
-    def dead_lettered(self) -> int:
-        return self.counters.dead_lettered
-
-    @property
-    def dead_letter_failed(self) -> int:
-        return self.counters.dead_letter_failed
-
-    @property
-    def discarded(self) -> int:
-        return self.counters.discarded
-
-    @property
-    def undecodable(self) -> int:
-        return self.counters.undecodable
-
-    @property
-    def redelivered(self) -> int:
-        return self.counters.redelivered
