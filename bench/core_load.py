@@ -26,7 +26,7 @@ async def run(messages: int, form: str = "nowait") -> None:
 
     async with open_bus(MemoryConfig(), options=BusOptions(group="g")) as bus:
         await bus.configure_topic("t", TopicOptions(partitions=3))
-        await bus.subscribe("t", handler)
+        await bus.subscribe("t", handler, group="svc")
         body = b"x" * 256
         if form == "await":
             for i in range(messages):

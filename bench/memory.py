@@ -135,7 +135,7 @@ async def _run_bus(
             if results:
                 nursery.start_soon(read_results)
                 await trio.testing.wait_all_tasks_blocked()
-            await bus.subscribe_envelope("bench.orders", handler)
+            await bus.subscribe_envelope("bench.orders", handler, group="svc")
             start = clock()
 
             def publish_nowait(env: Envelope) -> None:

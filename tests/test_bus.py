@@ -4,7 +4,7 @@ results, statistics, bad input, memory broker semantics, and the public exports.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -34,7 +34,7 @@ async def test_in_place_retry_backoff_in_virtual_time(autojump_clock: trio.testi
                 raise RuntimeError("again")
             done.set()
 
-        await bus.subscribe("t", handler)
+        await bus.subscribe("t", handler, group="svc")
         await bus.publish("t", b"x", key="k")
         await done.wait()
     gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
@@ -54,7 +54,7 @@ async def test_redeliver_strategy_naks_with_the_backoff_delay(autojump_clock: tr
             if msg.data == b"bad":
                 done.set()
 
-        await bus.subscribe("t", handler)
+        await bus.subscribe("t", handler, group="svc")
         start = trio.current_time()
         await bus.publish("t", b"bad", key="k")
         await bus.publish("t", b"next", key="k")
@@ -85,7 +85,7 @@ async def test_dead_lettering_disabled_discards_loudly(caplog: pytest.LogCapture
                     raise ValueError("no")
                 done.set()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await bus.publish("t", b"poison", key="k")
             await bus.publish("t", b"fine", key="k")
             await done.wait()
@@ -93,7 +93,7 @@ async def test_dead_lettering_disabled_discards_loudly(caplog: pytest.LogCapture
     assert stats.discarded == 1
     assert stats.dead_lettered == 0
     assert "discarding message" in caplog.text
-    assert broker.topic_statistics("t")["pending[default]"] == 0  # acked, not redelivered
+    assert broker.topic_statistics("t")["pending[svc]"] == 0  # acked, not redelivered
 
 
 async def test_hard_stop_naks_unhandled_messages_for_redelivery() -> None:
@@ -110,7 +110,7 @@ async def test_hard_stop_naks_unhandled_messages_for_redelivery() -> None:
                         started.set()
                         await trio.sleep_forever()
 
-                    await bus.subscribe("t", stuck)
+                    await bus.subscribe("t", stuck, group="svc")
                     await bus.publish("t", b"one", key="k", confirm=True)
                     await bus.publish("t", b"two", key="k", confirm=True)
                     await trio.sleep_forever()
@@ -118,7 +118,7 @@ async def test_hard_stop_naks_unhandled_messages_for_redelivery() -> None:
             nursery.start_soon(first_bus)
             await started.wait()
             nursery.cancel_scope.cancel()  # outer cancellation: a hard stop
-        assert broker.topic_statistics("t")["pending[default]"] == 2  # nothing acked
+        assert broker.topic_statistics("t")["pending[svc]"] == 2  # nothing acked
         done = trio.Event()
         async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
 
@@ -127,7 +127,7 @@ async def test_hard_stop_naks_unhandled_messages_for_redelivery() -> None:
                 if len(handled) == 2:
                     done.set()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await done.wait()
     assert handled == [b"one", b"two"]
 
@@ -142,13 +142,13 @@ async def test_close_timeout_cancels_stuck_handlers(autojump_clock: trio.testing
             started.set()
             await trio.sleep_forever()
 
-        await bus.subscribe("t", stuck)
+        await bus.subscribe("t", stuck, group="svc")
         await bus.publish("t", b"x")
         await started.wait()
         closing_at = trio.current_time()
     assert trio.current_time() - closing_at == pytest.approx(3.0, abs=0.01)
     assert len(tasks.spawned) >= 4 + 16 + 3  # lanes, workers, publisher, results, fetcher: all gone
-    assert broker.topic_statistics("t")["pending[default]"] == 1  # nak'ed, waiting for a new subscriber
+    assert broker.topic_statistics("t")["pending[svc]"] == 1  # nak'ed, waiting for a new subscriber
 
 
 async def test_close_delivers_every_pending_result_before_closing() -> None:
@@ -237,7 +237,7 @@ async def test_statistics_and_repr_show_live_state() -> None:
                 entered.set()
                 await gate.wait()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             for _ in range(3):
                 await bus.publish("t", b"x", key="same")
             await entered.wait()
@@ -265,7 +265,7 @@ async def test_memory_topic_capacity_is_backpressure(autojump_clock: trio.testin
         async def handler(msg: teb.Message) -> None:
             got.append(msg.data)
 
-        await bus.subscribe("t", handler)
+        await bus.subscribe("t", handler, group="svc")
         await bus.flush()
     assert got[-1] == b"6th"
 
@@ -284,7 +284,7 @@ async def test_ephemeral_topics_drop_and_count_unheard_messages() -> None:
                 got.append(msg.data)
                 arrived.set()
 
-            await bus.subscribe("live", handler)
+            await bus.subscribe("live", handler, group="svc")
             await bus.publish("live", b"heard")
             await arrived.wait()
     assert got == [b"heard"]
@@ -314,7 +314,7 @@ async def test_retention_limits_and_dedupe_window(autojump_clock: trio.testing.M
         lambda: teb.BusOptions(max_pending_publishes=0),
         lambda: teb.BusOptions(close_timeout=-1),
         lambda: teb.BusOptions(dead_letter_suffix=" x"),
-        lambda: teb.BusOptions(group="a b"),
+        lambda: teb.BusOptions(service="a b"),
         lambda: teb.RetryPolicy(max_attempts=0),
         lambda: teb.RetryPolicy(initial_backoff=float("nan")),
         lambda: teb.RetryPolicy(strategy="sometimes"),  # type: ignore[arg-type]
@@ -337,16 +337,16 @@ async def test_bad_group_and_non_async_handler_leave_bus_running() -> None:
 
     async with teb.open_bus(teb.MemoryConfig()) as bus:
         with pytest.raises(teb.InvalidHandlerError):
-            await bus.subscribe("t", sync_handler)  # type: ignore[arg-type]
+            await bus.subscribe("t", sync_handler, group="svc")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="group"):
             await bus.subscribe("t", handler, group="no spaces")
         with pytest.raises(teb.InvalidOptionError, match="group"):
             await bus.subscribe("t", handler, group="café")  # ASCII only: a NATS durable / Kafka group id
         with pytest.raises(teb.InvalidTopicError):
-            await bus.subscribe("t.*", handler)
+            await bus.subscribe("t.*", handler, group="svc")
         with pytest.raises(ValueError, match="header"):
             await bus.publish("t", b"x", headers={"bad name": "v"})
-        await bus.subscribe("t", handler)  # none of the above left a half-made subscription
+        await bus.subscribe("t", handler, group="svc")  # none of the above left a half-made subscription
         assert bus.statistics().subscriptions == 1
 
 
@@ -381,7 +381,7 @@ async def test_task_alive_after_graceful_close_is_a_resource_warning(autojump_cl
 
     async def run_bus() -> None:
         async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(close_timeout=1)) as bus:
-            await bus.subscribe("t", stubborn)
+            await bus.subscribe("t", stubborn, group="svc")
             await bus.publish("t", b"x", key="k")
             await started.wait()
             closing_at.append(trio.current_time())
@@ -410,3 +410,42 @@ async def test_backend_exit_scope_is_shielded_and_takes_the_hard_stop_grace_unde
         assert trio.current_time() - start == pytest.approx(HARD_STOP_GRACE)
         await trio.lowlevel.checkpoint()
     assert outer.cancelled_caught
+
+
+async def test_a_subscription_without_a_group_or_service_is_refused_and_services_each_get_every_message() -> None:
+    """Issue 9, row 1: two services subscribing to one topic without ``group=`` silently split the messages.
+
+    Now a subscription needs a group (``group=`` or ``BusOptions(service=...)``): without one it is refused at the
+    call with a typed error; two services named by ``service`` each get every message (on a shared broker, as on
+    NATS and Kafka), and two instances of one service split them.
+    """
+    broker = teb.MemoryBroker()
+    got: dict[str, list[int]] = {"billing": [], "shipping": []}
+    done = {"billing": trio.Event(), "shipping": trio.Event()}
+
+    def handler_for(service: str) -> Callable[[teb.Message], Awaitable[None]]:
+        async def handle(message: teb.Message) -> None:
+            got[service].append(int(message.data))
+            if len(got[service]) == 100:
+                done[service].set()
+
+        return handle
+
+    with trio.fail_after(10):
+        async with teb.open_bus(teb.MemoryConfig(broker=broker)) as plain:
+            with pytest.raises(teb.InvalidOptionError, match="needs a consumer group"):
+                await plain.subscribe("orders", handler_for("billing"))
+            assert plain.statistics().subscriptions == 0
+            async with (
+                teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(service="billing")) as billing,
+                teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(service="shipping")) as shipping,
+            ):
+                await billing.subscribe("orders", handler_for("billing"))
+                await shipping.subscribe("orders", handler_for("shipping"))
+                for i in range(100):
+                    await plain.publish("orders", str(i).encode())
+                await plain.flush()
+                await done["billing"].wait()
+                await done["shipping"].wait()
+    print(f"billing handled {len(got['billing'])}, shipping handled {len(got['shipping'])} of 100")
+    assert sorted(got["billing"]) == sorted(got["shipping"]) == list(range(100))

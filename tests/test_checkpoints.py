@@ -150,27 +150,27 @@ async def flush_pending() -> None:
 async def subscribe_new_topic() -> None:
     async with teb.open_bus(teb.MemoryConfig()) as bus:
         with trio.testing.assert_checkpoints():
-            await bus.subscribe("t", noop)
+            await bus.subscribe("t", noop, group="svc")
 
 
 async def subscribe_ready_topic() -> None:
     async with teb.open_bus(teb.MemoryConfig()) as bus:
         await bus.publish("t", b"provision")
         with trio.testing.assert_checkpoints():
-            await bus.subscribe("t", noop)
+            await bus.subscribe("t", noop, group="svc")
 
 
 async def subscribe_envelope_new_topic() -> None:
     async with teb.open_bus(teb.MemoryConfig()) as bus:
         with trio.testing.assert_checkpoints():
-            await bus.subscribe_envelope("t", noop)
+            await bus.subscribe_envelope("t", noop, group="svc")
 
 
 async def subscribe_envelope_ready_topic() -> None:
     async with teb.open_bus(teb.MemoryConfig()) as bus:
         await bus.publish("t", b"provision")
         with trio.testing.assert_checkpoints():
-            await bus.subscribe_envelope("t", noop)
+            await bus.subscribe_envelope("t", noop, group="svc")
 
 
 async def configure_new_topic() -> None:
@@ -366,10 +366,10 @@ async def test_other_calls_in_a_cancelled_scope_do_nothing() -> None:
         assert bus.topic_config("t") == teb.TopicOptions()
         with trio.CancelScope() as scope:
             scope.cancel()
-            await bus.subscribe("t", noop)
+            await bus.subscribe("t", noop, group="svc")
         assert scope.cancelled_caught
         assert bus.statistics().subscriptions == 0
-        await bus.subscribe("t", noop)  # the cancelled call left no subscription behind
+        await bus.subscribe("t", noop, group="svc")  # the cancelled call left no subscription behind
         assert bus.statistics().subscriptions == 1
 
 
@@ -421,7 +421,7 @@ async def test_graceful_close_after_2000_publishes_handles_them() -> None:
 
     with trio.fail_after(10):
         async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
-            await bus.subscribe_envelope("t", handler)
+            await bus.subscribe_envelope("t", handler, group="svc")
             for i in range(2_000):
                 await bus.publish_envelope("t", env(i, aggregate=f"a{i % 50}"))
         # the fetchers ran while we published: all but the last few (fetched after close began) are handled
@@ -526,7 +526,7 @@ async def test_nowait_loop_with_awaited_fallback_publishes_everything() -> None:
 
     with trio.fail_after(10):
         async with teb.open_bus(teb.MemoryConfig(), options=teb.BusOptions(max_pending_publishes=16)) as bus:
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             fallbacks = 0
             for i in range(1_000):
                 try:

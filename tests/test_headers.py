@@ -204,7 +204,7 @@ async def roundtrip(config: teb.BackendConfig, name: str) -> teb.Message:
         got.append(message)
         done.set()
 
-    async with teb.open_bus(config, options=teb.BusOptions(group="hd")) as bus:
+    async with teb.open_bus(config, options=teb.BusOptions(service="hd")) as bus:
         await bus.subscribe(name, handler)
         await bus.publish(name, b"body", key=EDGE_KEY, message_id=EDGE_ID, headers=EDGE_HEADERS, confirm=True)
         await done.wait()
@@ -271,7 +271,7 @@ async def envelope_roundtrip(config: teb.BackendConfig, name: str) -> tuple[teb.
         done.set()
 
     env = teb.Envelope(aggregate_id="order-9", event_type="Created", event_version=1, payload=b'{"n":1}')
-    async with teb.open_bus(config, options=teb.BusOptions(group="hd")) as bus:
+    async with teb.open_bus(config, options=teb.BusOptions(service="hd")) as bus:
         await bus.subscribe(name, handler)
         await bus.publish_envelope(name, env, confirm=True)
         await done.wait()

@@ -86,7 +86,7 @@ async def test_100_aggregates_in_order_over_partitions(kafka_bootstrap: str) -> 
                 if handled == 100 * 100:
                     done.set()
 
-            await bus.subscribe_envelope(topic, handler)
+            await bus.subscribe_envelope(topic, handler, group="svc")
             for n in range(100):
                 for a in range(100):
                     await bus.publish_envelope(topic, envelope(f"agg-{a}", n))
@@ -123,7 +123,7 @@ async def test_failing_message_is_not_committed_past(kafka_bootstrap: str) -> No
                 if attempts >= 3 and len(first) == 75:
                     stuck.set()
 
-            await bus.subscribe(topic, failing)
+            await bus.subscribe(topic, failing, group="svc")
             # one partition, two keys on two lanes: 50 (key a) blocks the rest of a; b goes on past it
             for n in range(100):
                 await bus.publish(topic, b"%d" % n, key="a" if n % 2 == 0 else "b")
@@ -140,7 +140,7 @@ async def test_failing_message_is_not_committed_past(kafka_bootstrap: str) -> No
                 if len(set(second)) == 50:
                     all_back.set()
 
-            await bus2.subscribe(topic, ok)
+            await bus2.subscribe(topic, ok, group="svc")
             await all_back.wait()
     assert min(second) == 50
     assert set(second) == set(range(50, 100))
@@ -168,7 +168,7 @@ async def test_nak_while_running_rewinds_the_partition(kafka_bootstrap: str) -> 
                 if {m for m, _ in seen} == set(range(40)) and (20, 2) in seen:
                     done.set()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             for n in range(40):
                 await bus.publish(topic, b"%d" % n, key=f"k{n % 4}")
             await done.wait()
@@ -183,7 +183,7 @@ async def test_nak_while_running_rewinds_the_partition(kafka_bootstrap: str) -> 
                 if msg.data == b"final":
                     final.set()
 
-            await bus2.subscribe(topic, after)
+            await bus2.subscribe(topic, after, group="svc")
             await bus2.publish(topic, b"final")
             await final.wait()
     assert (20, 2) in seen
@@ -226,8 +226,8 @@ async def test_two_buses_share_partitions_and_lose_nothing_when_one_leaves(kafka
                     handled["b"].add(int(msg.data))
                     check_done()
 
-                await a.subscribe(topic, on_a)
-                await b.subscribe(topic, on_b)
+                await a.subscribe(topic, on_a, group="svc")
+                await b.subscribe(topic, on_b, group="svc")
                 assert len(group_stats(b, group).assigned) == 2
                 for i in range(total):
                     await pub.publish(topic, b"%d" % i, key=f"k{i}")
@@ -278,11 +278,11 @@ async def test_joining_member_mid_stream_gets_only_unhandled_messages(kafka_boot
                 handled["b"].append(int(msg.data))
                 check_done()
 
-            await a.subscribe(topic, on_a)
+            await a.subscribe(topic, on_a, group="svc")
             for i in range(total):
                 await a.publish(topic, b"%d" % i, key=f"k{i}")
             await a_started.wait()
-            await b.subscribe(topic, on_b)  # returns after the rebalance completed
+            await b.subscribe(topic, on_b, group="svc")  # returns after the rebalance completed
             joined = True
             await all_done.wait()
             a_stats = group_stats(a, group)
@@ -321,7 +321,7 @@ async def test_hard_stop_acks_nothing_unhandled(kafka_bootstrap: str, bridge: st
                                 await trio.sleep_forever()
                             first.add(int(msg.data))
 
-                        await bus.subscribe(topic, slow)
+                        await bus.subscribe(topic, slow, group="svc")
                         await trio.sleep_forever()
             assert scope.cancelled_caught
             assert any(t.name.startswith("teb-kafka-reader-") for t in tasks.spawned)  # it saw the group's tasks
@@ -332,7 +332,7 @@ async def test_hard_stop_acks_nothing_unhandled(kafka_bootstrap: str, bridge: st
                     if first | second == set(range(total)):
                         done.set()
 
-                await bus2.subscribe(topic, rest)
+                await bus2.subscribe(topic, rest, group="svc")
                 await done.wait()
     assert first | second == set(range(total))
     assert len(first) >= 300
@@ -368,7 +368,7 @@ async def test_broker_restart_mid_stream_loses_nothing(kafka_server: KafkaServer
                 if len(handled) == total:
                     everything.set()
 
-            await bus.subscribe_envelope(topic, handler)
+            await bus.subscribe_envelope(topic, handler, group="svc")
             for i in range(per_phase):
                 await bus.publish_envelope(topic, envelope(f"agg-{i % 7}", i))
             await some.wait()
@@ -433,13 +433,13 @@ async def test_later_subscription_extends_the_group_without_resetting(kafka_boot
 
                 return handler
 
-            await bus.subscribe(t1, handler_for(t1))
+            await bus.subscribe(t1, handler_for(t1), group="svc")
             for i in range(100):
                 await bus.publish(t1, b"%d" % i, key=f"k{i}")
             await progress[t1].wait()
             progress[t1] = trio.Event()
             targets[t1], targets[t2] = 200, 50
-            await bus.subscribe(t2, handler_for(t2))
+            await bus.subscribe(t2, handler_for(t2), group="svc")
             assert group_stats(bus, group).topics == tuple(sorted([t1, t2]))
             for i in range(100, 200):
                 await bus.publish(t1, b"%d" % i, key=f"k{i}")
@@ -473,7 +473,7 @@ async def test_full_lanes_pause_the_partition_and_resume_it(kafka_bootstrap: str
                 if len(got) == total:
                     done.set()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             for i in range(total):
                 await bus.publish(topic, b"%d" % i, key="one")
             await paused.wait()
@@ -508,7 +508,7 @@ async def test_trio_asyncio_bridge(kafka_bootstrap: str) -> None:
                     if len(got) == 300:
                         arrived.set()
 
-                await bus.subscribe(topic, handler)
+                await bus.subscribe(topic, handler, group="svc")
                 for i in range(300):
                     await bus.publish(topic, b"%d" % i, key=f"k{i % 5}")
                 await bus.flush()

@@ -59,7 +59,7 @@ async def test_sasl_right_password_publishes_and_consumes(kafka_sasl_server: Kaf
                 got.append(msg)
                 arrived.set()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             await bus.publish(topic, b"secret stuff", key="k", confirm=True)
             await arrived.wait()
     assert [m.data for m in got] == [b"secret stuff"]

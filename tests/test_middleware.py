@@ -37,7 +37,7 @@ async def test_middlewares_run_outermost_first_in_tuple_order() -> None:
                 log.append("handler")
                 done.set()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await bus.publish("t", b"x", key="k")
             await done.wait()
     assert log == ["a>", "b>", "handler", "<b", "<a"]
@@ -62,7 +62,7 @@ async def test_the_context_describes_the_message_and_attempt() -> None:
                     done.set()
 
             await bus.subscribe("raw", handler, group="g1")
-            await bus.subscribe_envelope("orders", handler)
+            await bus.subscribe_envelope("orders", handler, group="svc")
             await bus.publish("raw", b"data", key="k", headers={"h": "v"}, message_id="m-1")
             await bus.publish_envelope("orders", e)
             await done.wait()
@@ -73,7 +73,7 @@ async def test_the_context_describes_the_message_and_attempt() -> None:
     assert raw.message.data == b"data"
     assert (envelope.topic, envelope.group, envelope.key, envelope.message_id) == (
         "orders",
-        "default",
+        "svc",
         "order-1",
         e.event_id,
     )
@@ -105,7 +105,7 @@ async def test_the_chain_runs_once_per_in_place_attempt_and_sees_each_failure(
                     raise KeyError("again")
                 done.set()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await bus.publish("t", b"x", key="k")
             await done.wait()
             stats = bus.statistics()
@@ -131,7 +131,7 @@ async def test_the_chain_runs_again_for_each_broker_redelivery(autojump_clock: t
                     raise KeyError("again")
                 done.set()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await bus.publish("t", b"x", key="k")
             await done.wait()
         assert attempts == [1, 2]
@@ -155,14 +155,14 @@ async def test_swallowing_the_failure_marks_the_attempt_handled() -> None:
             async def handler(m: teb.Message) -> None:
                 raise ValueError("tolerated")
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await bus.publish("t", b"x", key="k")
             await done.wait()
             await trio.testing.wait_all_tasks_blocked()
             stats = bus.statistics()
     assert [str(e) for e in observed] == ["tolerated"]
     assert (stats.handled, stats.handler_errors, stats.retries, stats.dead_lettered) == (1, 0, 0, 0)
-    assert broker.topic_statistics("t")["pending[default]"] == 0
+    assert broker.topic_statistics("t")["pending[svc]"] == 0
 
 
 async def test_raising_in_a_middleware_fails_the_attempt() -> None:
@@ -186,8 +186,8 @@ async def test_raising_in_a_middleware_fails_the_attempt() -> None:
                 dead.append(m)
                 done.set()
 
-            await bus.subscribe("t", handler)
-            await bus.subscribe("t.dlq", on_dead)
+            await bus.subscribe("t", handler, group="svc")
+            await bus.subscribe("t.dlq", on_dead, group="svc")
             await bus.publish("t", b"x", key="k")
             await done.wait()
             stats = bus.statistics()
@@ -217,7 +217,7 @@ async def test_a_middleware_may_skip_the_handler_and_the_message_is_acked() -> N
             async def handler(m: teb.Message) -> None:
                 handled.append(m.data)
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await bus.publish("t", b"first", key="k", message_id="id-1")
             await bus.publish("t", b"again", key="k", headers={"retry": "1"}, message_id="id-2")
             seen_ids.add("id-2")  # as if handled before the broker's dedupe window
@@ -227,7 +227,7 @@ async def test_a_middleware_may_skip_the_handler_and_the_message_is_acked() -> N
             stats = bus.statistics()
     assert handled == [b"first", b"last"]
     assert stats.handled == 3
-    assert broker.topic_statistics("t")["pending[default]"] == 0
+    assert broker.topic_statistics("t")["pending[svc]"] == 0
 
 
 async def test_cancellation_reaches_the_middleware_and_the_message_is_redelivered() -> None:
@@ -252,7 +252,7 @@ async def test_cancellation_reaches_the_middleware_and_the_message_is_redelivere
                         started.set()
                         await trio.sleep_forever()
 
-                    await bus.subscribe("t", stuck)
+                    await bus.subscribe("t", stuck, group="svc")
                     await bus.publish("t", b"x", key="k", confirm=True)
                     await trio.sleep_forever()
 
@@ -260,14 +260,14 @@ async def test_cancellation_reaches_the_middleware_and_the_message_is_redelivere
             await started.wait()
             nursery.cancel_scope.cancel()  # hard stop
         assert log == ["left attempt 1"]
-        assert broker.topic_statistics("t")["pending[default]"] == 1  # nak'ed, not acked
+        assert broker.topic_statistics("t")["pending[svc]"] == 1  # nak'ed, not acked
         done = trio.Event()
         async with teb.open_bus(teb.MemoryConfig(broker=broker), options=teb.BusOptions(middleware=(observe,))) as bus:
 
             async def handler(m: teb.Message) -> None:
                 done.set()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await done.wait()
     assert log == ["left attempt 1", "left attempt 2"]
 
@@ -289,8 +289,8 @@ async def test_an_undecodable_envelope_never_reaches_the_middleware() -> None:
             async def on_dead(m: teb.Message) -> None:
                 done.set()
 
-            await bus.subscribe_envelope("orders", on_order)
-            await bus.subscribe("orders.dlq", on_dead)
+            await bus.subscribe_envelope("orders", on_order, group="svc")
+            await bus.subscribe("orders.dlq", on_dead, group="svc")
             await bus.publish("orders", b"garbage", key="k")
             await done.wait()
     assert calls == ["orders.dlq"]  # only the dead-letter subscriber's message went through the chain
@@ -341,7 +341,7 @@ async def test_without_middleware_no_context_is_built_and_the_handler_is_awaited
         for options in (teb.BusOptions(), teb.BusOptions(middleware=(mw,))):
             done = trio.Event()
             async with teb.open_bus(teb.MemoryConfig(), options=options) as bus:
-                await bus.subscribe("t", handler)
+                await bus.subscribe("t", handler, group="svc")
                 sys.setprofile(profile)
                 try:
                     await bus.publish("t", b"x", key="k")

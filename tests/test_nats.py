@@ -77,7 +77,7 @@ async def test_same_event_id_published_twice_is_handled_once(nats_url: str) -> N
                 if env.event_type == "Sentinel":
                     sentinel.set()
 
-            await bus.subscribe_envelope(topic, handler)
+            await bus.subscribe_envelope(topic, handler, group="svc")
             await bus.publish_envelope(topic, dup)
             await bus.publish_envelope(topic, dup, confirm=True)
             await other.publish_envelope(topic, dup, confirm=True)  # another bus, same broker window
@@ -110,7 +110,7 @@ async def test_hundred_aggregates_in_order_across_lanes_with_lz4(nats_url: str) 
                     await trio.lowlevel.checkpoint()
                 seen.add(n * 1000 + int(env.aggregate_id[4:]))
 
-            await bus.subscribe_envelope(topic, handler)
+            await bus.subscribe_envelope(topic, handler, group="svc")
 
             async def producer(lo: int, hi: int) -> None:  # two publishers: each owns 50 aggregates
                 for n in range(100):
@@ -148,7 +148,7 @@ async def test_redeliver_strategy_naks_with_the_backoff_delay(nats_url: str) -> 
                 if msg.data == b"flaky":
                     done.set()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             await bus.publish(topic, b"flaky", key="k")
             await bus.publish(topic, b"next", key="k")
             await done.wait()
@@ -293,7 +293,7 @@ async def test_server_restart_mid_stream_every_envelope_is_handled(nats_server: 
                         await server_back.wait()
                         await bus.publish_envelope(topic, envs[index[result.event_id]])
 
-            await bus.subscribe_envelope(topic, handler)
+            await bus.subscribe_envelope(topic, handler, group="svc")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(outbox)
                 for i in range(total // 2):

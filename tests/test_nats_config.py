@@ -36,7 +36,7 @@ async def test_wrong_credentials_are_refused_with_backend_unavailable(nats_auth_
                 got.set()
 
             topic = topic_name("auth")
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             await bus.publish(topic, b"hello")
             await got.wait()
 

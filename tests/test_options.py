@@ -42,8 +42,8 @@ BAD: list[tuple[type[Any], str, object]] = [
     (teb.BusOptions, "max_pending_publishes", "10"),
     (teb.BusOptions, "dead_letter_suffix", ""),
     (teb.BusOptions, "dead_letter_suffix", ".dl q"),
-    (teb.BusOptions, "group", "a.b"),
-    (teb.BusOptions, "group", ""),
+    (teb.BusOptions, "service", "a.b"),
+    (teb.BusOptions, "service", ""),
     (teb.RetryPolicy, "max_attempts", 0),
     (teb.RetryPolicy, "initial_backoff", math.inf),
     (teb.RetryPolicy, "multiplier", 0),
@@ -84,8 +84,8 @@ def test_bad_values_raise_invalid_option_error_naming_the_field(cls: type[Any], 
 
 
 def test_valid_values_are_kept_as_given() -> None:
-    options = teb.BusOptions(lanes=3, close_timeout=0, dead_letter_suffix=None, group="g-1")
-    assert (options.lanes, options.close_timeout, options.dead_letter_suffix, options.group) == (3, 0, None, "g-1")
+    options = teb.BusOptions(lanes=3, close_timeout=0, dead_letter_suffix=None, service="g-1")
+    assert (options.lanes, options.close_timeout, options.dead_letter_suffix, options.service) == (3, 0, None, "g-1")
     assert teb.RetryPolicy(initial_backoff=0, multiplier=1.5, strategy="redeliver").backoff(3) == 0.0
     assert teb.TopicOptions(max_age=0.5, duplicate_window=0).max_age == 0.5
     assert teb.NatsConfig(max_reconnect_attempts=-1, max_deliver=None, stream_prefix="").stream_prefix == ""

@@ -147,8 +147,8 @@ async def test_undecodable_envelope_never_reaches_the_handler_and_is_dead_letter
                 dead.append(m)
                 done.set()
 
-            await bus.subscribe_envelope("orders", on_order)
-            await bus.subscribe("orders.dlq", on_dead)
+            await bus.subscribe_envelope("orders", on_order, group="svc")
+            await bus.subscribe("orders.dlq", on_dead, group="svc")
             await bus.publish("orders", b"{not an envelope", key="a-1")
             await done.wait()
             stats = bus.statistics()
@@ -157,7 +157,7 @@ async def test_undecodable_envelope_never_reaches_the_handler_and_is_dead_letter
     assert dead[0].key == "a-1"
     assert dead[0].headers["X-DLQ-Reason"] == "undecodable"
     assert (stats.undecodable, stats.dead_lettered, stats.handler_errors, stats.retries) == (1, 1, 0, 0)
-    assert broker.topic_statistics("orders")["pending[default]"] == 0  # termed
+    assert broker.topic_statistics("orders")["pending[svc]"] == 0  # termed
 
 
 # -- retry -------------------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ async def test_in_place_retry_holds_the_lane_so_the_key_keeps_its_order(autojump
                 if m.data == b"next":
                     done.set()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await bus.publish("t", b"bad", key="k")
             await bus.publish("t", b"next", key="k")
             await done.wait()
@@ -338,7 +338,7 @@ async def test_failing_handler_is_dead_lettered_and_the_original_termed() -> Non
                 done.set()
 
             await bus.subscribe("t", always_fails, group="workers")
-            await bus.subscribe("t.dlq", on_dead)
+            await bus.subscribe("t.dlq", on_dead, group="svc")
             await bus.publish("t", b"payload", key="k", message_id="m-1", headers={"a": "b"})
             await done.wait()
             stats = bus.statistics()
@@ -364,14 +364,14 @@ async def test_a_delivery_is_acked_only_after_its_handler_returned() -> None:
                 entered.set()
                 await release.wait()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await bus.publish("t", b"x", key="k")
             await entered.wait()
-            assert broker.topic_statistics("t")["pending[default]"] == 1
+            assert broker.topic_statistics("t")["pending[svc]"] == 1
             assert bus.statistics().in_flight == 1
             release.set()
             await trio.testing.wait_all_tasks_blocked()
-            assert broker.topic_statistics("t")["pending[default]"] == 0
+            assert broker.topic_statistics("t")["pending[svc]"] == 0
             stats = bus.statistics()
     assert (stats.handled, stats.in_flight) == (1, 0)
 
@@ -386,13 +386,13 @@ async def test_close_deadline_naks_the_held_and_the_queued_deliveries(autojump_c
                 started.set()
                 await trio.sleep_forever()
 
-            await bus.subscribe("t", stuck)
+            await bus.subscribe("t", stuck, group="svc")
             for n in range(3):
                 await bus.publish("t", b"%d" % n, key="k", confirm=True)
             await started.wait()
             await trio.testing.wait_all_tasks_blocked()
             assert bus.statistics().lane_depth_max == 2  # one held, two queued behind it
-        assert broker.topic_statistics("t")["pending[default]"] == 3
+        assert broker.topic_statistics("t")["pending[svc]"] == 3
         seen: list[tuple[bytes, int]] = []
         done = trio.Event()
         async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
@@ -402,7 +402,7 @@ async def test_close_deadline_naks_the_held_and_the_queued_deliveries(autojump_c
                 if len(seen) == 3:
                     done.set()
 
-            await bus.subscribe("t", handler)
+            await bus.subscribe("t", handler, group="svc")
             await done.wait()
             stats = bus.statistics()
         assert seen == [(b"0", 2), (b"1", 2), (b"2", 2)]  # redelivered, in order

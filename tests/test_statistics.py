@@ -101,7 +101,7 @@ async def test_memory_statistics_show_live_state() -> None:
             unsettled=0,
         )
         name = topic("mem")
-        await bus.subscribe(name, handler)
+        await bus.subscribe(name, handler, group="svc")
         await bus.publish(name, b"x", key="k")
         await holding.wait()
         live = bus.statistics().backend
@@ -125,7 +125,7 @@ async def hold_one(config: teb.BackendConfig, name: str) -> tuple[teb.BackendSta
         await release.wait()
 
     async with teb.open_bus(config, options=teb.BusOptions(group="st")) as bus:
-        await bus.subscribe(name, handler)
+        await bus.subscribe(name, handler, group="svc")
         await bus.publish(name, b"x", key="k", confirm=True)
         await holding.wait()
         live = bus.statistics().backend

@@ -6,6 +6,8 @@ and, for the cancellation hand-over, on ``TopicRegistry`` directly.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 import trio.testing
@@ -22,7 +24,7 @@ async def test_concurrent_first_publishes_provision_the_topic_once() -> None:
         async with trio.open_nursery() as nursery:
             for i in range(10):
                 nursery.start_soon(bus.publish, "new", b"%d" % i)
-            nursery.start_soon(bus.subscribe, "new", _ignore)
+            nursery.start_soon(functools.partial(bus.subscribe, "new", _ignore, group="svc"))
             await trio.testing.wait_all_tasks_blocked()
             assert backend.ensure_calls["new"] == 1  # one provisions, ten wait for its verdict
             assert backend.sent == []

@@ -58,6 +58,7 @@ from ._exceptions import (
     AlreadySubscribedError,
     BusClosedError,
     InvalidEnvelopeError,
+    InvalidOptionError,
     MessageTooLargeError,
 )
 from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_group, validate_topic
@@ -68,7 +69,7 @@ from ._util import NoPublicConstructor
 
 __all__ = ["BackendConfig", "EventBus", "open_bus"]
 
-logger = logging.getLogger("trio_eventbus")
+logger = logging.getLogger("trio_eventbus.bus")
 
 
 class BackendConfig(Protocol):
@@ -336,7 +337,8 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         """Handle every message of ``topic`` with ``handler(Message)`` (an async function).
 
         Ordering, retries and dead letters as described in :mod:`trio_eventbus._dispatch`. Within ``group``
-        (default ``BusOptions.group``) each message goes to one subscriber; each group gets every message.
+        (default ``BusOptions.service``; one of them is required, else :class:`InvalidOptionError`) each message
+        goes to one subscriber; each group gets every message.
         Raises :class:`AlreadySubscribedError` for a second subscription of this bus to (topic, group).
         The first use of a topic provisions it on the broker.
 
@@ -354,11 +356,23 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         cancellation semantics of :meth:`subscribe`."""
         await self._subscribe(topic, handler, group, envelopes=True)
 
+    def _group(self, topic: str, group: str | None) -> str:
+        """The consumer group of a subscription: ``group``, else ``BusOptions.service``, else an error."""
+        if group is not None:
+            return validate_group(group)
+        if self._options.service is not None:
+            return self._options.service
+        raise InvalidOptionError(
+            f"subscribing to {topic!r} needs a consumer group: pass group='<consuming service>' or open the bus "
+            "with BusOptions(service='<this service>'); instances of one service share a group and split the "
+            "messages, every group gets every message"
+        )
+
     async def _subscribe(self, topic: str, handler: Handler, group: str | None, *, envelopes: bool) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         validate_topic(topic)
-        group = self._options.group if group is None else validate_group(group)
+        group = self._group(topic, group)
         sub = self._dispatcher.subscription(topic, group, handler, envelopes=envelopes)
         if (topic, group) in self._subscriptions:
             raise AlreadySubscribedError(f"this bus already subscribes to {topic!r} in group {group!r}")

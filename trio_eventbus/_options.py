@@ -116,7 +116,10 @@ class BusOptions:
     - ``on_publish_result``: a plain (non-async) callable run for every envelope result; it must not block;
       an exception in it is logged and counted, never propagated.
     - ``max_message_bytes``: largest encoded body accepted by ``publish`` (NATS and Kafka default to 1 MiB).
-    - ``group``: the consumer group of subscriptions that do not name one.
+    - ``service``: the name of the service this bus belongs to; it is the consumer group of subscriptions
+      that do not name one (``subscribe(..., group=...)``). With neither, ``subscribe`` raises
+      :class:`InvalidOptionError`: there is no implicit group, so two unrelated services never share one
+      by accident (on every backend, the memory broker included).
     - ``middleware``: async ``middleware(ctx, call_next)`` wrappers around every handler call, outermost first
       (see ``trio_eventbus.HandlerContext``): once per attempt, for tracing, metrics, an inbox.
     """
@@ -134,7 +137,7 @@ class BusOptions:
     on_publish_result: PublishResultCallback | None = attrs.field(default=None, eq=False)
     middleware: tuple[Callable[..., object], ...] = attrs.field(default=(), validator=v.callables)
     max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
-    group: str = attrs.field(default="default", validator=v.group_name)
+    service: str | None = attrs.field(default=None, validator=v.optional(v.group_name))
 
 
 @attrs.frozen(slots=True, kw_only=True)

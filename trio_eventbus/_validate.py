@@ -183,14 +183,14 @@ def validate_topic(topic: object) -> str:
     return topic
 
 
-def validate_group(group: object) -> str:
+def validate_group(group: object, field: str = "group") -> str:
     """Return ``group`` when it is 1-200 characters of ``A-Z a-z 0-9 _ -`` (a valid durable/group name
-    everywhere), else raise :class:`InvalidOptionError`."""
+    everywhere), else raise :class:`InvalidOptionError` naming ``field``."""
     if not isinstance(group, str) or not _GROUP_RE.fullmatch(group):
-        raise InvalidOptionError(f"group {group!r} must be 1-200 characters of A-Z a-z 0-9 _ -", field="group")
+        raise InvalidOptionError(f"{field} {group!r} must be 1-200 characters of A-Z a-z 0-9 _ -", field=field)
     return group
 
 
-def group_name(_inst: Any, _attribute: Any, value: Any) -> None:
-    """A consumer group name (see :func:`validate_group`)."""
-    validate_group(value)
+def group_name(_inst: Any, attribute: Any, value: Any) -> None:
+    """A consumer group name (see :func:`validate_group`); the error names the attribute."""
+    validate_group(value, attribute.name)

@@ -33,7 +33,7 @@ from .settle import Settle
 
 __all__ = ["DeadLetter", "PublishFn", "dead_letter_headers", "dead_letter_topic"]
 
-logger = logging.getLogger("trio_eventbus")
+logger = logging.getLogger("trio_eventbus.dispatch")
 
 H_TOPIC = "X-DLQ-Topic"
 H_GROUP = "X-DLQ-Group"

@@ -31,7 +31,7 @@ from .settle import Settle
 
 __all__ = ["Retry"]
 
-logger = logging.getLogger("trio_eventbus")
+logger = logging.getLogger("trio_eventbus.dispatch")
 
 
 class Retry:

@@ -119,7 +119,7 @@ async def restart_scenario(case: BackendCase) -> RestartReport:
 
     options = teb.BusOptions(lanes=8, on_publish_result=on_result)
     async with running(case), open_watched_bus(case, options) as bus:
-        await bus.subscribe_envelope(topic, tracker.handler)
+        await bus.subscribe_envelope(topic, tracker.handler, group="svc")
         for _ in range(_BEFORE):
             await publish(bus)
         await tracker.busy.wait()  # the consumer is mid-stream when the broker goes away

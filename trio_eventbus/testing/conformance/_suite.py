@@ -100,7 +100,7 @@ class BackendConformance:
                 seen.append(int(msg.data))
                 counter.hit()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
 
             async def producer(p: int) -> None:
                 for i in range(250):
@@ -125,7 +125,7 @@ class BackendConformance:
                     seen[topic].append(msg.data.decode())
                     counter.hit()
 
-                await bus.subscribe(topic, handler)
+                await bus.subscribe(topic, handler, group="svc")
             for i in range(20):
                 for topic in topics:
                     await bus.publish(topic, topic.encode(), key=f"k{i}")
@@ -155,7 +155,7 @@ class BackendConformance:
                     await trio.lowlevel.checkpoint()  # interleave lanes
                 counter.hit()
 
-            await bus.subscribe_envelope(topic, handler)
+            await bus.subscribe_envelope(topic, handler, group="svc")
             for n in range(100):
                 for a in range(100):
                     await bus.publish_envelope(topic, envelope(f"order-{a}", n))
@@ -175,7 +175,7 @@ class BackendConformance:
                 got.append(msg)
                 arrived.set()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             await bus.publish(topic, b"\x00\x01binary", key="user-7", headers={"k": "v"}, message_id="m-1")
             await arrived.wait()
         (msg,) = got
@@ -204,7 +204,7 @@ class BackendConformance:
                     raise RuntimeError("not yet")
                 counter.hit()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             for i in range(10):
                 await bus.publish(topic, b"m%d" % i, key=f"k{i}")
             await counter.done.wait()
@@ -242,7 +242,7 @@ class BackendConformance:
                     raise RuntimeError("again later")
                 counter.hit()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             for i in range(5):
                 await bus.publish(topic, b"%d" % i, key=f"k{i}")
             await counter.done.wait()
@@ -278,8 +278,8 @@ class BackendConformance:
                 dead.append(msg)
                 got_dead.set()
 
-            await bus.subscribe(topic, handler)
-            await bus.subscribe(topic + ".dlq", on_dead)
+            await bus.subscribe(topic, handler, group="svc")
+            await bus.subscribe(topic + ".dlq", on_dead, group="svc")
             await bus.publish(topic, b"ok-1", key="a")
             await bus.publish(topic, b"poison", key="a", headers={"X-Custom": "kept"})
             await bus.publish(topic, b"ok-2", key="a")
@@ -315,8 +315,8 @@ class BackendConformance:
                 dead.append(msg)
                 got_dead.set()
 
-            await bus.subscribe_envelope(topic, handler)
-            await bus.subscribe(topic + ".dlq", on_dead)
+            await bus.subscribe_envelope(topic, handler, group="svc")
+            await bus.subscribe(topic + ".dlq", on_dead, group="svc")
             await bus.publish(topic, b"\xff not json", key="x")
             await bus.publish_envelope(topic, envelope("x", 1))
             await got_dead.wait()
@@ -372,7 +372,7 @@ class BackendConformance:
                 if msg.data == b"last":
                     last.set()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             for copy in range(3):
                 await bus.publish(topic, b"once-%d" % copy, key="k", message_id="same-id", confirm=True)
             await bus.publish(topic, b"last", key="k", message_id="other-id", confirm=True)
@@ -397,7 +397,7 @@ class BackendConformance:
                 got.append(msg.data)
                 arrived.set()
 
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             await bus.publish(topic, b"heard", key="k", confirm=True)
             await arrived.wait()
         assert got == [b"heard"]
@@ -475,7 +475,7 @@ class BackendConformance:
                 raise AssertionError("unreachable")
 
             with pytest.raises(teb.BusClosedError):
-                await bus.subscribe(topic, handler)
+                await bus.subscribe(topic, handler, group="svc")
             assert bus.statistics().closing
 
     async def test_duplicate_subscribe_raises(self, backend_case: BackendCase) -> None:
@@ -487,9 +487,9 @@ class BackendConformance:
             return None
 
         async with running(case), open_watched_bus(case) as bus:
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             with pytest.raises(teb.AlreadySubscribedError):
-                await bus.subscribe(topic, handler)
+                await bus.subscribe(topic, handler, group="svc")
             await bus.subscribe(topic, handler, group="other")
             assert bus.statistics().subscriptions == 2
 
@@ -546,9 +546,9 @@ class BackendConformance:
             with pytest.raises(teb.InvalidEnvelopeError):
                 await bus.publish_envelope(topic, b"not an envelope")  # type: ignore[arg-type]
             with pytest.raises(teb.InvalidHandlerError):
-                await bus.subscribe(topic, lambda msg: None)  # type: ignore[arg-type,return-value]
+                await bus.subscribe(topic, lambda msg: None, group="svc")  # type: ignore[arg-type,return-value]
             assert bus.statistics().published == 0
-            await bus.subscribe(topic, handler)
+            await bus.subscribe(topic, handler, group="svc")
             await bus.publish(topic, b"fine")
             await arrived.wait()
 
