@@ -24,9 +24,9 @@ async def run(messages: int, form: str = "nowait") -> None:
         if seen == messages:
             done.set()
 
-    async with open_bus(MemoryConfig(), options=BusOptions(group="g")) as bus:
+    async with open_bus(MemoryConfig(), options=BusOptions(service="g")) as bus:
         await bus.configure_topic("t", TopicOptions(partitions=3))
-        await bus.subscribe("t", handler, group="svc")
+        await bus.subscribe("t", handler)
         body = b"x" * 256
         if form == "await":
             for i in range(messages):

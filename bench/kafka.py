@@ -103,9 +103,9 @@ async def _bus_consume(config: KafkaConfig, messages: int, rate: float | None) -
         if len(latencies) == messages:
             done.set()
 
-    async with open_bus(config, options=BusOptions(group=_unique("g"))) as bus:
+    async with open_bus(config, options=BusOptions(service=_unique("g"))) as bus:
         await bus.configure_topic(topic, TopicOptions(partitions=_PARTITIONS))
-        await bus.subscribe(topic, handler, group="svc")
+        await bus.subscribe(topic, handler)
         start = clock()
         tick = 0.005
         per_tick = 0 if rate is None else max(1, round(rate * tick))

@@ -69,7 +69,7 @@ async def test_100_aggregates_in_order_over_partitions(kafka_bootstrap: str) -> 
     violations = 0
     handled = 0
     done = trio.Event()
-    options = teb.BusOptions(lanes=16, lane_buffer=32, group=group)
+    options = teb.BusOptions(lanes=16, lane_buffer=32, service=group)
     with trio.fail_after(90):
         async with teb.open_bus(config(kafka_bootstrap), options=options) as bus:
             await bus.configure_topic(topic, teb.TopicOptions(partitions=4))
@@ -86,7 +86,7 @@ async def test_100_aggregates_in_order_over_partitions(kafka_bootstrap: str) -> 
                 if handled == 100 * 100:
                     done.set()
 
-            await bus.subscribe_envelope(topic, handler, group="svc")
+            await bus.subscribe_envelope(topic, handler)
             for n in range(100):
                 for a in range(100):
                     await bus.publish_envelope(topic, envelope(f"agg-{a}", n))
@@ -107,7 +107,7 @@ async def test_failing_message_is_not_committed_past(kafka_bootstrap: str) -> No
     attempts = 0
     stuck = trio.Event()
     retry = teb.RetryPolicy(max_attempts=1_000_000, initial_backoff=0.005, max_backoff=0.01)
-    options = teb.BusOptions(group=group, retry=retry, close_timeout=1.0)
+    options = teb.BusOptions(service=group, retry=retry, close_timeout=1.0)
     with trio.fail_after(90):
         async with teb.open_bus(config(kafka_bootstrap), options=options) as bus:
 
@@ -123,7 +123,7 @@ async def test_failing_message_is_not_committed_past(kafka_bootstrap: str) -> No
                 if attempts >= 3 and len(first) == 75:
                     stuck.set()
 
-            await bus.subscribe(topic, failing, group="svc")
+            await bus.subscribe(topic, failing)
             # one partition, two keys on two lanes: 50 (key a) blocks the rest of a; b goes on past it
             for n in range(100):
                 await bus.publish(topic, b"%d" % n, key="a" if n % 2 == 0 else "b")
@@ -133,14 +133,14 @@ async def test_failing_message_is_not_committed_past(kafka_bootstrap: str) -> No
 
         second: list[int] = []
         all_back = trio.Event()
-        async with teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(group=group)) as bus2:
+        async with teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(service=group)) as bus2:
 
             async def ok(msg: teb.Message) -> None:
                 second.append(int(msg.data))
                 if len(set(second)) == 50:
                     all_back.set()
 
-            await bus2.subscribe(topic, ok, group="svc")
+            await bus2.subscribe(topic, ok)
             await all_back.wait()
     assert min(second) == 50
     assert set(second) == set(range(50, 100))
@@ -154,7 +154,7 @@ async def test_nak_while_running_rewinds_the_partition(kafka_bootstrap: str) -> 
     seen: list[tuple[int, int]] = []
     done = trio.Event()
     retry = teb.RetryPolicy(max_attempts=1, initial_backoff=0.01, max_backoff=0.05)
-    options = teb.BusOptions(group=group, retry=retry)
+    options = teb.BusOptions(service=group, retry=retry)
     with trio.fail_after(60):
         async with teb.open_bus(config(kafka_bootstrap)) as setup:  # the topic exists, its .dlq topic does not
             await setup.configure_topic(topic, teb.TopicOptions(partitions=1))
@@ -168,7 +168,7 @@ async def test_nak_while_running_rewinds_the_partition(kafka_bootstrap: str) -> 
                 if {m for m, _ in seen} == set(range(40)) and (20, 2) in seen:
                     done.set()
 
-            await bus.subscribe(topic, handler, group="svc")
+            await bus.subscribe(topic, handler)
             for n in range(40):
                 await bus.publish(topic, b"%d" % n, key=f"k{n % 4}")
             await done.wait()
@@ -176,14 +176,14 @@ async def test_nak_while_running_rewinds_the_partition(kafka_bootstrap: str) -> 
             assert bus.statistics().dead_lettered == 0
         later: list[bytes] = []
         final = trio.Event()
-        async with teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(group=group)) as bus2:
+        async with teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(service=group)) as bus2:
 
             async def after(msg: teb.Message) -> None:
                 later.append(msg.data)
                 if msg.data == b"final":
                     final.set()
 
-            await bus2.subscribe(topic, after, group="svc")
+            await bus2.subscribe(topic, after)
             await bus2.publish(topic, b"final")
             await final.wait()
     assert (20, 2) in seen
@@ -208,11 +208,11 @@ async def test_two_buses_share_partitions_and_lose_nothing_when_one_leaves(kafka
     with trio.fail_after(120):
         async with (
             teb.open_bus(config(kafka_bootstrap)) as pub,
-            teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(group=group)) as b,
+            teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(service=group)) as b,
         ):
             await pub.configure_topic(topic, teb.TopicOptions(partitions=4))
             async with teb.open_bus(
-                config(kafka_bootstrap), options=teb.BusOptions(group=group, close_timeout=1.0)
+                config(kafka_bootstrap), options=teb.BusOptions(service=group, close_timeout=1.0)
             ) as a:
 
                 async def on_a(msg: teb.Message) -> None:
@@ -226,8 +226,8 @@ async def test_two_buses_share_partitions_and_lose_nothing_when_one_leaves(kafka
                     handled["b"].add(int(msg.data))
                     check_done()
 
-                await a.subscribe(topic, on_a, group="svc")
-                await b.subscribe(topic, on_b, group="svc")
+                await a.subscribe(topic, on_a)
+                await b.subscribe(topic, on_b)
                 assert len(group_stats(b, group).assigned) == 2
                 for i in range(total):
                     await pub.publish(topic, b"%d" % i, key=f"k{i}")
@@ -259,8 +259,8 @@ async def test_joining_member_mid_stream_gets_only_unhandled_messages(kafka_boot
     slow_config = config(kafka_bootstrap, max_poll_records=25, pause_threshold=50)
     with trio.fail_after(120):
         async with (
-            teb.open_bus(slow_config, options=teb.BusOptions(group=group, lanes=4, lane_buffer=8)) as a,
-            teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(group=group)) as b,
+            teb.open_bus(slow_config, options=teb.BusOptions(service=group, lanes=4, lane_buffer=8)) as a,
+            teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(service=group)) as b,
         ):
             await a.configure_topic(topic, teb.TopicOptions(partitions=4))
 
@@ -278,11 +278,11 @@ async def test_joining_member_mid_stream_gets_only_unhandled_messages(kafka_boot
                 handled["b"].append(int(msg.data))
                 check_done()
 
-            await a.subscribe(topic, on_a, group="svc")
+            await a.subscribe(topic, on_a)
             for i in range(total):
                 await a.publish(topic, b"%d" % i, key=f"k{i}")
             await a_started.wait()
-            await b.subscribe(topic, on_b, group="svc")  # returns after the rebalance completed
+            await b.subscribe(topic, on_b)  # returns after the rebalance completed
             joined = True
             await all_done.wait()
             a_stats = group_stats(a, group)
@@ -313,7 +313,7 @@ async def test_hard_stop_acks_nothing_unhandled(kafka_bootstrap: str, bridge: st
             first_cfg = attrs.evolve(cfg, commit_interval=3600.0, commit_batch=1_000_000)
             async with watch_task_leaks() as tasks:
                 with trio.CancelScope() as scope:
-                    async with teb.open_bus(first_cfg, options=teb.BusOptions(group=group, lanes=1)) as bus:
+                    async with teb.open_bus(first_cfg, options=teb.BusOptions(service=group, lanes=1)) as bus:
 
                         async def slow(msg: teb.Message) -> None:
                             if len(first) >= 300:
@@ -321,18 +321,18 @@ async def test_hard_stop_acks_nothing_unhandled(kafka_bootstrap: str, bridge: st
                                 await trio.sleep_forever()
                             first.add(int(msg.data))
 
-                        await bus.subscribe(topic, slow, group="svc")
+                        await bus.subscribe(topic, slow)
                         await trio.sleep_forever()
             assert scope.cancelled_caught
             assert any(t.name.startswith("teb-kafka-reader-") for t in tasks.spawned)  # it saw the group's tasks
-            async with teb.open_bus(cfg, options=teb.BusOptions(group=group)) as bus2:
+            async with teb.open_bus(cfg, options=teb.BusOptions(service=group)) as bus2:
 
                 async def rest(msg: teb.Message) -> None:
                     second.add(int(msg.data))
                     if first | second == set(range(total)):
                         done.set()
 
-                await bus2.subscribe(topic, rest, group="svc")
+                await bus2.subscribe(topic, rest)
                 await done.wait()
     assert first | second == set(range(total))
     assert len(first) >= 300
@@ -357,7 +357,7 @@ async def test_broker_restart_mid_stream_loses_nothing(kafka_server: KafkaServer
             results.append(result)
 
     with trio.fail_after(180):
-        async with trio.open_nursery() as nursery, teb.open_bus(cfg, options=teb.BusOptions(group=group)) as bus:
+        async with trio.open_nursery() as nursery, teb.open_bus(cfg, options=teb.BusOptions(service=group)) as bus:
             nursery.start_soon(read_results, bus.publish_results())
             await bus.configure_topic(topic, teb.TopicOptions(partitions=3))
 
@@ -368,7 +368,7 @@ async def test_broker_restart_mid_stream_loses_nothing(kafka_server: KafkaServer
                 if len(handled) == total:
                     everything.set()
 
-            await bus.subscribe_envelope(topic, handler, group="svc")
+            await bus.subscribe_envelope(topic, handler)
             for i in range(per_phase):
                 await bus.publish_envelope(topic, envelope(f"agg-{i % 7}", i))
             await some.wait()
@@ -421,7 +421,7 @@ async def test_later_subscription_extends_the_group_without_resetting(kafka_boot
     progress = {t1: trio.Event(), t2: trio.Event()}
     targets = {t1: 100, t2: 0}
     with trio.fail_after(60):
-        async with teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(group=group)) as bus:
+        async with teb.open_bus(config(kafka_bootstrap), options=teb.BusOptions(service=group)) as bus:
             for topic in (t1, t2):
                 await bus.configure_topic(topic, teb.TopicOptions(partitions=2))
 
@@ -433,13 +433,13 @@ async def test_later_subscription_extends_the_group_without_resetting(kafka_boot
 
                 return handler
 
-            await bus.subscribe(t1, handler_for(t1), group="svc")
+            await bus.subscribe(t1, handler_for(t1))
             for i in range(100):
                 await bus.publish(t1, b"%d" % i, key=f"k{i}")
             await progress[t1].wait()
             progress[t1] = trio.Event()
             targets[t1], targets[t2] = 200, 50
-            await bus.subscribe(t2, handler_for(t2), group="svc")
+            await bus.subscribe(t2, handler_for(t2))
             assert group_stats(bus, group).topics == tuple(sorted([t1, t2]))
             for i in range(100, 200):
                 await bus.publish(t1, b"%d" % i, key=f"k{i}")
@@ -463,7 +463,7 @@ async def test_full_lanes_pause_the_partition_and_resume_it(kafka_bootstrap: str
     done = trio.Event()
     total = 600
     cfg = config(kafka_bootstrap, max_poll_records=20, pause_threshold=40)
-    options = teb.BusOptions(group=group, lanes=1, lane_buffer=4)
+    options = teb.BusOptions(service=group, lanes=1, lane_buffer=4)
     with trio.fail_after(60), log_events("paused", "resumed") as (paused, resumed):
         async with teb.open_bus(cfg, options=options) as bus:
 
@@ -473,7 +473,7 @@ async def test_full_lanes_pause_the_partition_and_resume_it(kafka_bootstrap: str
                 if len(got) == total:
                     done.set()
 
-            await bus.subscribe(topic, handler, group="svc")
+            await bus.subscribe(topic, handler)
             for i in range(total):
                 await bus.publish(topic, b"%d" % i, key="one")
             await paused.wait()
@@ -500,7 +500,7 @@ async def test_trio_asyncio_bridge(kafka_bootstrap: str) -> None:
     with trio.fail_after(60):
         async with trio_asyncio.open_loop():
             cfg = config(kafka_bootstrap, bridge="trio-asyncio")
-            async with teb.open_bus(cfg, options=teb.BusOptions(group=unique("g"))) as bus:
+            async with teb.open_bus(cfg, options=teb.BusOptions(service=unique("g"))) as bus:
                 assert bus.statistics().backend.bridge == "trio-asyncio"
 
                 async def handler(msg: teb.Message) -> None:
@@ -508,7 +508,7 @@ async def test_trio_asyncio_bridge(kafka_bootstrap: str) -> None:
                     if len(got) == 300:
                         arrived.set()
 
-                await bus.subscribe(topic, handler, group="svc")
+                await bus.subscribe(topic, handler)
                 for i in range(300):
                     await bus.publish(topic, b"%d" % i, key=f"k{i % 5}")
                 await bus.flush()

@@ -53,13 +53,13 @@ async def test_sasl_right_password_publishes_and_consumes(kafka_sasl_server: Kaf
     got: list[teb.Message] = []
     arrived = trio.Event()
     with trio.fail_after(60):
-        async with teb.open_bus(cfg, options=teb.BusOptions(group=unique("g"))) as bus:
+        async with teb.open_bus(cfg, options=teb.BusOptions(service=unique("g"))) as bus:
 
             async def handler(msg: teb.Message) -> None:
                 got.append(msg)
                 arrived.set()
 
-            await bus.subscribe(topic, handler, group="svc")
+            await bus.subscribe(topic, handler)
             await bus.publish(topic, b"secret stuff", key="k", confirm=True)
             await arrived.wait()
     assert [m.data for m in got] == [b"secret stuff"]

@@ -101,7 +101,7 @@ async def test_memory_statistics_show_live_state() -> None:
             unsettled=0,
         )
         name = topic("mem")
-        await bus.subscribe(name, handler, group="svc")
+        await bus.subscribe(name, handler)
         await bus.publish(name, b"x", key="k")
         await holding.wait()
         live = bus.statistics().backend
@@ -124,8 +124,8 @@ async def hold_one(config: teb.BackendConfig, name: str) -> tuple[teb.BackendSta
         holding.set()
         await release.wait()
 
-    async with teb.open_bus(config, options=teb.BusOptions(group="st")) as bus:
-        await bus.subscribe(name, handler, group="svc")
+    async with teb.open_bus(config, options=teb.BusOptions(service="st")) as bus:
+        await bus.subscribe(name, handler)
         await bus.publish(name, b"x", key="k", confirm=True)
         await holding.wait()
         live = bus.statistics().backend
