@@ -101,7 +101,7 @@ async def test_memory_statistics_show_live_state() -> None:
             unsettled=0,
         )
         name = topic("mem")
-        await bus.subscribe(name, handler)
+        await bus.subscribe(name, handler, group="svc")
         await bus.publish(name, b"x", key="k")
         await holding.wait()
         live = bus.statistics().backend
