@@ -1,8 +1,8 @@
 """An order service that publishes domain events and tracks their publish results, as an outbox relay would.
 
-python examples/producer.py                                  # in-memory broker
-python examples/producer.py --backend nats --url nats://127.0.0.1:4222
-python examples/producer.py --backend kafka --url 127.0.0.1:9092
+python examples/producer.py                                  # in-memory broker (or $TEB_URL)
+python examples/producer.py --url nats://127.0.0.1:4222
+python examples/producer.py --url kafka://127.0.0.1:9092
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import trio
 
 import trio_eventbus as teb
-from trio_eventbus.cli.main import make_config
 
 
 async def main(config: teb.BackendConfig, orders: int) -> None:
@@ -43,9 +42,9 @@ async def main(config: teb.BackendConfig, orders: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backend", choices=("memory", "nats", "kafka"), default="memory")
-    parser.add_argument("--url")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="memory://, nats://host:4222 or kafka://host:9092 (default: $TEB_URL)")
     parser.add_argument("--orders", type=int, default=100)
     args = parser.parse_args()
-    trio.run(main, make_config(args.backend, args.url), args.orders)
+    config = teb.config_from_url(args.url) if args.url else teb.config_from_env()
+    trio.run(main, config, args.orders)

@@ -13,6 +13,7 @@ import trio.testing
 
 import trio_eventbus as teb
 from trio_eventbus._abc import CLOSE_DEADLINE, HARD_STOP_GRACE, exit_scope
+from trio_eventbus.backends import Backend
 from trio_eventbus.backends.memory import MemoryBackend
 from trio_eventbus.testing import all_tasks, collect
 from trio_eventbus.testing.leaks import watch_task_leaks
@@ -178,7 +179,7 @@ async def test_exception_in_block_comes_out_as_itself_after_graceful_close() -> 
 
 
 class _Unreachable:
-    def create_backend(self) -> teb.Backend:
+    def create_backend(self) -> Backend:
         class Failing(MemoryBackend):
             @asynccontextmanager
             async def open(self, outcomes: object) -> AsyncIterator[None]:  # type: ignore[override]

@@ -144,6 +144,63 @@ async def flush_pending() -> None:
         assert bus.statistics().pending_publishes == 0
 
 
+async def wait_idle_nothing_to_wait_for() -> None:
+    async with teb.open_bus(teb.MemoryConfig()) as bus:
+        with trio.testing.assert_checkpoints():
+            await bus.wait_idle()
+
+
+async def wait_idle_handler_running() -> None:
+    seen = []
+
+    async def slow(message: teb.Message) -> None:
+        await trio.sleep(0.01)
+        seen.append(message.data)
+
+    async with teb.open_bus(teb.MemoryConfig()) as bus:
+        await bus.subscribe("t", slow, group="g")
+        bus.publish_nowait("t", b"x")
+        with trio.testing.assert_checkpoints():
+            await bus.wait_idle()
+        assert seen == [b"x"]
+
+
+# -- the runner and the decorator registry ---------------------------------------------------------------------
+
+
+async def serve_main_returns() -> None:
+    async def main(bus: teb.EventBus) -> None:
+        pass
+
+    with trio.testing.assert_checkpoints():
+        await teb.serve(teb.MemoryConfig(), main, signals=())
+
+
+async def serve_main_waits() -> None:
+    async def main(bus: teb.EventBus) -> None:
+        await bus.publish("t", b"x")
+        await bus.wait_idle()
+
+    with trio.testing.assert_checkpoints():
+        await teb.serve(teb.MemoryConfig(), main, signals=())
+
+
+async def subscribe_all_none() -> None:
+    async with teb.open_bus(teb.MemoryConfig()) as bus:
+        with trio.testing.assert_checkpoints():
+            await teb.Subscribers().subscribe_all(bus)
+
+
+async def subscribe_all_two() -> None:
+    subscribers = teb.Subscribers()
+    subscribers.subscriber("a", group="g")(noop)
+    subscribers.subscriber("b", group="g", envelope=True)(noop)
+    async with teb.open_bus(teb.MemoryConfig()) as bus:
+        with trio.testing.assert_checkpoints():
+            await subscribers.subscribe_all(bus)
+        assert bus.statistics().subscriptions == 2
+
+
 # -- subscribe, subscribe_envelope, configure_topic -----------------------------------------------------------
 
 
@@ -281,6 +338,9 @@ CASES: dict[str, list[Case]] = {
         publish_envelope_confirm,
     ],
     "EventBus.flush": [flush_nothing_pending, flush_pending],
+    "EventBus.wait_idle": [wait_idle_nothing_to_wait_for, wait_idle_handler_running],
+    "serve": [serve_main_returns, serve_main_waits],
+    "Subscribers.subscribe_all": [subscribe_all_none, subscribe_all_two],
     "EventBus.subscribe": [subscribe_new_topic, subscribe_ready_topic],
     "EventBus.subscribe_envelope": [subscribe_envelope_new_topic, subscribe_envelope_ready_topic],
     "EventBus.configure_topic": [configure_new_topic, configure_ready_topic],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,12 @@ from trio_eventbus.cli.demo import run_demo
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in the checkout, importing this tree's ``trio_eventbus`` (scripts under examples/ too)."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env=environ
+    )
 
 
 def test_demo_command_reports_zero_violations() -> None:
@@ -56,10 +61,10 @@ def test_bench_json_is_one_line() -> None:
 
 
 def test_examples_run() -> None:
-    producer = run("examples/producer.py", "--orders", "20")
+    producer = run("examples/producer.py", "--orders", "20", TEB_URL="memory://")
     assert producer.returncode == 0, producer.stderr
     assert "published 60 events, 0 unconfirmed" in producer.stdout
-    consumer = run("examples/consumer.py")
+    consumer = run("examples/consumer.py", TEB_URL="")  # unset or empty: memory://
     assert consumer.returncode == 0, consumer.stderr
     assert "handled 5 events, dead-lettered 1" in consumer.stdout
     assert "dead letter from shop.orders: RuntimeError: no fragile goods today" in consumer.stdout

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 import trio_eventbus as teb
+from trio_eventbus.backends import BackendFeatures
 from trio_eventbus.testing.conformance import (
     FEATURES,
     BackendCase,
@@ -198,13 +199,13 @@ def test_every_feature_flag_gates_at_least_one_check() -> None:
     checks = [getattr(BackendConformance, name) for name in dir(BackendConformance) if name.startswith("test_")]
     used = {f for check in checks for f in getattr(check, "__teb_requires__", ())}
     used |= {check.__teb_lacking__ for check in checks if hasattr(check, "__teb_lacking__")}
-    flags = {a.name for a in attrs.fields(teb.BackendFeatures)}
+    flags = {a.name for a in attrs.fields(BackendFeatures)}
     assert flags <= used, f"flags no check uses: {sorted(flags - used)}"
     assert "restart" in used
 
 
 def test_a_lacking_feature_is_a_skip_with_the_backend_and_its_reason() -> None:
-    lacking_all = teb.BackendFeatures(
+    lacking_all = BackendFeatures(
         persistent=False,
         consumer_groups=False,
         ordered_per_key=False,
@@ -235,7 +236,7 @@ async def test_restart_scenario_figures_on_a_simulated_restart(autojump_clock: t
         await trio.sleep(1)  # the broker's downtime, in virtual time
 
     broker = teb.MemoryBroker()
-    case = BackendCase("memory", lambda: teb.MemoryConfig(broker=broker), teb.BackendFeatures(), restart=pause)
+    case = BackendCase("memory", lambda: teb.MemoryConfig(broker=broker), BackendFeatures(), restart=pause)
     report = await restart_scenario(case)
     assert (report.lost, report.duplicates, report.order_violations, report.failed) == (0, 0, 0, 0)
     assert report.sent == report.acked == report.handled

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import pickle
+from pathlib import Path
 
 import pytest
 
 import trio_eventbus as teb
+import trio_eventbus.backends
 import trio_eventbus.testing
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKEND_AUTHOR_TYPES = {
+    "Backend",
+    "BackendFeatures",
+    "Delivery",
+    "DeliverySink",
+    "Disposition",
+    "Outcome",
+    "OutgoingMessage",
+}
 
 EXPECTED = {
     "AlreadySubscribedError",
-    "Backend",
     "BackendConfig",
-    "BackendFeatures",
     "BackendStatistics",
     "BackendUnavailable",
     "BusClosedError",
     "BusOptions",
     "CallNext",
-    "Delivery",
-    "DeliverySink",
-    "Disposition",
     "Envelope",
     "EventBus",
     "EventBusError",
@@ -45,17 +54,21 @@ EXPECTED = {
     "NatsConfig",
     "NatsStatistics",
     "NatsSubscriptionStatistics",
-    "Outcome",
-    "OutgoingMessage",
     "PublishError",
     "PublishResult",
+    "ResultChannel",
     "RetryPolicy",
     "Statistics",
+    "Subscribers",
     "TopicOptions",
+    "config_from_env",
+    "config_from_url",
     "decode_envelope",
     "encode_envelope",
     "new_event_id",
     "open_bus",
+    "run",
+    "serve",
     "validate_topic",
 }
 
@@ -73,7 +86,9 @@ def test_public_exports() -> None:
 
 @pytest.mark.parametrize(
     ("module", "name"),
-    [(teb, n) for n in teb.__all__] + [(trio_eventbus.testing, n) for n in trio_eventbus.testing.__all__],
+    [(teb, n) for n in teb.__all__]
+    + [(trio_eventbus.backends, n) for n in trio_eventbus.backends.__all__]
+    + [(trio_eventbus.testing, n) for n in trio_eventbus.testing.__all__],
 )
 def test_every_exported_name_reports_its_public_module(module: object, name: str) -> None:
     obj = getattr(module, name)
@@ -108,3 +123,61 @@ async def test_open_bus_still_builds_one() -> None:
     async with teb.open_bus(teb.MemoryConfig()) as bus:
         assert type(bus) is teb.EventBus
         assert isinstance(bus.statistics().backend, teb.MemoryStatistics)
+
+
+def test_the_top_level_holds_the_application_api_and_backends_the_author_types() -> None:
+    assert BACKEND_AUTHOR_TYPES.isdisjoint(teb.__all__)
+    for name in BACKEND_AUTHOR_TYPES:
+        assert not hasattr(teb, name), name
+    assert set(trio_eventbus.backends.__all__) == BACKEND_AUTHOR_TYPES
+
+
+async def test_publish_results_is_the_exported_result_channel() -> None:
+    async with teb.open_bus(teb.MemoryConfig()) as bus:
+        channel: teb.ResultChannel[teb.PublishResult] = bus.publish_results()
+        assert type(channel) is teb.ResultChannel
+        assert repr(type(channel)) == "<class 'trio_eventbus.ResultChannel'>"
+
+
+def _private(module: str) -> bool:
+    return any(part.startswith("_") or part == "cli" for part in module.split("."))
+
+
+def _private_names(path: Path) -> list[str]:
+    """Every import of a private module or name of the package in ``path``, and every ``teb._x`` attribute."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trio_eventbus"):
+            names = [alias.name for alias in node.names]
+            found += [f"{node.module}.{n}" for n in names if n.startswith("_")]
+            if _private(node.module or ""):
+                found.append(node.module or "")
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("trio_eventbus") and _private(a.name)]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "teb":
+            found += [f"teb.{node.attr}"] if node.attr.startswith("_") else []
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_examples_use_only_the_public_api(path: Path) -> None:
+    assert _private_names(path) == []
+
+
+def test_the_private_import_check_finds_private_imports(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import trio_eventbus as teb\n"
+        "from trio_eventbus.cli.main import make_config\n"
+        "from trio_eventbus._bus import open_bus\n"
+        "from trio_eventbus import _codec\n"
+        "import trio_eventbus._envelope\n"
+        "x = teb._version\n"
+    )
+    assert _private_names(bad) == [
+        "trio_eventbus.cli.main",
+        "trio_eventbus._bus",
+        "trio_eventbus._codec",
+        "trio_eventbus._envelope",
+        "teb._version",
+    ]

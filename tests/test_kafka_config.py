@@ -13,6 +13,7 @@ import trio
 from kafka_helpers import config, unique
 
 import trio_eventbus as teb
+from trio_eventbus.backends import BackendFeatures
 from trio_eventbus.backends.kafka.config import KafkaConfig
 from trio_eventbus.testing.fixtures import KAFKA_SASL_PASSWORD, KAFKA_SASL_USER
 from trio_eventbus.testing.servers import KafkaServer, free_port
@@ -144,7 +145,7 @@ def test_config_checks_client_options_and_hides_secrets() -> None:
         evolved.create_backend()
     with pytest.raises(teb.InvalidOptionError, match="isolation_level"):
         attrs.evolve(cfg, consumer_options={}, producer_options={"isolation_level": "x"}).create_backend()
-    assert KafkaConfig(bootstrap_servers="h:1").create_backend().features == teb.BackendFeatures(
+    assert KafkaConfig(bootstrap_servers="h:1").create_backend().features == BackendFeatures(
         persistent=True,
         consumer_groups=True,
         ordered_per_key=True,

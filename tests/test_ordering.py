@@ -13,10 +13,10 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_eventbus import Delivery
 from trio_eventbus._dispatch.lanes import KeyedLanes, fnv1a_32
 from trio_eventbus._dispatch.router import Router
 from trio_eventbus._dispatch.settle import Counters
+from trio_eventbus.backends import Delivery
 
 
 def delivery(key: str | None, n: int, attempt: int = 1) -> Delivery:

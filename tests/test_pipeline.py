@@ -15,13 +15,13 @@ import trio
 import trio.testing
 
 import trio_eventbus as teb
-from trio_eventbus import Delivery, Disposition
 from trio_eventbus._codec import encode_envelope
 from trio_eventbus._dispatch.dead_letter import DeadLetter
 from trio_eventbus._dispatch.decode import Undecodable, decoder, envelope_of, message_of
 from trio_eventbus._dispatch.middleware import chain
 from trio_eventbus._dispatch.retry import Retry
 from trio_eventbus._dispatch.settle import Counters, Settle
+from trio_eventbus.backends import Delivery, Disposition
 
 Settled = list[tuple[object, Disposition, float]]
 

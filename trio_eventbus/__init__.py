@@ -6,15 +6,23 @@ loses no ack — over an in-memory broker, NATS JetStream and Apache Kafka.
 
     import trio_eventbus as teb
 
-    async with teb.open_bus(teb.MemoryConfig()) as bus:
-        await bus.subscribe_envelope("orders", on_order)
+    async def main(bus: teb.EventBus) -> None:
+        await bus.subscribe_envelope("orders", on_order)           # group: the service name below
         await bus.publish_envelope("orders", teb.Envelope(aggregate_id="order-1", event_type="OrderCreated",
                                                           event_version=1, payload=b'{"total": 5}'))
+        await trio.sleep_forever()                                 # until SIGINT / SIGTERM: graceful close
+
+    teb.run(teb.config_from_env(), main, options=teb.BusOptions(service="orders"))
+
+This namespace holds the application API. Types for writing a backend of your own are in
+:mod:`trio_eventbus.backends`; test helpers in :mod:`trio_eventbus.testing`.
 """
 
 from __future__ import annotations
 
-from ._abc import Backend, BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage
+from ._app.runner import run, serve
+from ._app.subscribers import Subscribers
+from ._app.url import config_from_env, config_from_url
 from ._bus import BackendConfig, EventBus, open_bus
 from ._codec import decode_envelope, encode_envelope
 from ._dispatch.middleware import CallNext, HandlerContext, Middleware
@@ -34,6 +42,7 @@ from ._exceptions import (
     PublishError,
 )
 from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
+from ._publish.results import ResultChannel
 from ._statistics import BackendStatistics
 from ._util import fixup_module_metadata
 from ._version import __version__ as __version__
@@ -45,17 +54,12 @@ from .backends.nats.stats import NatsStatistics, NatsSubscriptionStatistics
 
 __all__ = [
     "AlreadySubscribedError",
-    "Backend",
     "BackendConfig",
-    "BackendFeatures",
     "BackendStatistics",
     "BackendUnavailable",
     "BusClosedError",
     "BusOptions",
     "CallNext",
-    "Delivery",
-    "DeliverySink",
-    "Disposition",
     "Envelope",
     "EventBus",
     "EventBusError",
@@ -78,17 +82,21 @@ __all__ = [
     "NatsConfig",
     "NatsStatistics",
     "NatsSubscriptionStatistics",
-    "Outcome",
-    "OutgoingMessage",
     "PublishError",
     "PublishResult",
+    "ResultChannel",
     "RetryPolicy",
     "Statistics",
+    "Subscribers",
     "TopicOptions",
+    "config_from_env",
+    "config_from_url",
     "decode_envelope",
     "encode_envelope",
     "new_event_id",
     "open_bus",
+    "run",
+    "serve",
     "validate_topic",
 ]
 

@@ -61,6 +61,7 @@ from ._exceptions import (
     InvalidOptionError,
     MessageTooLargeError,
 )
+from ._idle import IDLE_POLL_INTERVAL, is_idle
 from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_group, validate_topic
 from ._publish.pipeline import PublishPipeline
 from ._publish.results import ResultChannel
@@ -82,8 +83,12 @@ class BackendConfig(Protocol):
 class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(config)"):
     """A running bus; obtain one from :func:`open_bus` (calling ``EventBus(...)`` raises ``TypeError``).
 
-    Every method may be called from any task of the Trio run that opened the bus. See the module docstring for
-    the lifecycle and :mod:`trio_eventbus._publish` / :mod:`trio_eventbus._dispatch` for delivery details.
+    Every method may be called from any task of the Trio run that opened the bus. Leaving the ``open_bus``
+    block closes it gracefully; an outer cancellation is a hard stop (README "Lifecycle", and
+    :func:`open_bus`); :func:`trio_eventbus.run` / :func:`trio_eventbus.serve` add signal handling (README
+    "Running a service"). Publishing: :meth:`publish`, :meth:`publish_envelope`, :meth:`flush`,
+    :meth:`publish_results` (README "Publish results"); consuming: :meth:`subscribe`,
+    :meth:`subscribe_envelope` (README "Ordering", "Retries and dead letters"); tests: :meth:`wait_idle`.
 
     Every ``async`` method is a Trio checkpoint on every path (it checks for cancellation first, and yields once
     even when it need not wait), as trio's own channels are; each docstring says what a ``Cancelled`` from it
@@ -232,7 +237,7 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         With ``confirm=True`` waits for the broker's ack and raises :class:`PublishError` on failure.
         Raises :class:`BusClosedError` after close, ``ValueError`` subclasses for bad input (nothing sent):
         :class:`InvalidHeaderError` for headers, ``key`` or ``message_id`` outside the one header rule every
-        backend carries, or a header the bus writes itself (see ``_envelope.freeze_headers``).
+        backend carries, or a header the bus writes itself (README "Bad input").
         The first publish to a topic provisions it on the broker (once, see :meth:`configure_topic`).
 
         Always a checkpoint (it yields to other tasks once, even when the window has room). Cancellation: if it
@@ -316,6 +321,35 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         Always a checkpoint. Cancelled, it abandons only the wait: the publishes go on and get their outcomes.
         """
         await self._publisher.flush()
+
+    async def wait_idle(self) -> None:
+        """Wait until this bus is idle: for tests ("everything published has been handled").
+
+        First every publish accepted before the call has its outcome (:meth:`flush`); then it returns at the
+        first moment when the bus holds nothing: no publish without its outcome, lanes and workers empty, no
+        handler running, no delivery unsettled, and — where the backend can tell — nothing of this bus's
+        subscriptions waiting on the broker (undelivered, waiting for a redelivery, or unsettled in the group).
+
+        - **memory**: exact. On one bus that publishes and subscribes, one call covers the whole chain (a
+          handler's own publishes included). With a publisher bus and a subscriber bus on one
+          :class:`MemoryBroker`, call it on the publisher first, then on the subscriber:
+          ``await pub.wait_idle(); await sub.wait_idle()``.
+        - **NATS, Kafka**: covers the bus's own state only (publishes, lanes, workers, unsettled deliveries).
+          A message the broker holds but has not sent to this bus yet is not seen: wait for the effect itself
+          (an event your handler sets) instead.
+
+        A redelivery scheduled with a backoff counts as not idle until it is handled (``autojump_clock`` makes
+        that instant). Other tasks that keep publishing keep it waiting. The check is made every 5 ms (Trio's
+        clock) after the flush; there is no per-message cost.
+
+        Always a checkpoint. Cancelled, it abandons only the wait. Raises nothing of its own (after close it
+        returns at once: a closed bus holds nothing).
+        """
+        await self._publisher.flush()
+        while True:
+            if self._closed or is_idle(self._publisher, self._dispatcher, self._backend):
+                return
+            await trio.sleep(IDLE_POLL_INTERVAL)
 
     def publish_results(self) -> ResultChannel[PublishResult]:
         """A receive channel of :class:`PublishResult`, one per envelope published after the first call.

@@ -438,3 +438,14 @@ class MemoryBackend:
             fetchers=self._fetchers_alive,
             unsettled=sum(holder == me for _, group in self._subscribed for holder in group.inflight.values()),
         )
+
+    def backlog(self) -> int:
+        """Messages of this bus's subscriptions that their group has not settled yet: not delivered, waiting
+        for a redelivery, or delivered (to any member of the group) and unsettled. ``EventBus.wait_idle``
+        waits for 0. Never awaits."""
+        total = 0
+        for topic, group in set(self._subscribed):
+            base = topic.base
+            total += max(0, topic.end - max(group.next, base)) + len(group.inflight)
+            total += sum(off >= max(base, group.floor) and off not in group.acked for _, off in group.redeliver)
+        return total

@@ -14,26 +14,19 @@ from collections.abc import Iterator, Sequence
 
 import trio
 
+from .._app.url import config_from_url
 from .._bus import BackendConfig
 
 __all__ = ["main"]
 
 
 def make_config(backend: str, url: str | None) -> BackendConfig:
-    """The backend config named on the command line."""
+    """The backend config named on the command line (:func:`trio_eventbus.config_from_url` of ``--url``)."""
     if backend == "memory":
-        from ..backends.memory import MemoryConfig
-
-        return MemoryConfig()
+        return config_from_url("memory://")
     if url is None:
         raise SystemExit(f"--backend {backend} needs --url (a running broker)")
-    if backend == "nats":
-        from ..backends.nats.config import NatsConfig
-
-        return NatsConfig(servers=url)
-    from ..backends.kafka.config import KafkaConfig
-
-    return KafkaConfig(bootstrap_servers=url)
+    return config_from_url(url if "://" in url else f"{backend}://{url}")
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 import trio_eventbus as teb
+from trio_eventbus.backends import BackendFeatures
 from trio_eventbus.testing.leaks import watch_task_leaks
 
 __all__ = [
@@ -72,7 +73,7 @@ class BackendCase:
 
     name: str
     config: Callable[[], teb.BackendConfig]
-    features: teb.BackendFeatures
+    features: BackendFeatures
     timeout: float = 60.0
     restart: Callable[[], Awaitable[None]] | None = None
     context: Callable[[], AbstractAsyncContextManager[object]] | None = None
