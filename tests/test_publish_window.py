@@ -7,6 +7,8 @@ included, is waiting), never with a sleep.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import trio
 import trio.testing
@@ -182,7 +184,11 @@ async def test_messages_still_held_at_close_get_failed_results() -> None:
     """The broker never answered before the bus closed: each envelope still gets exactly one result."""
     backend = FakeBackend()
     got: list[teb.PublishResult] = []
-    options = teb.BusOptions(on_publish_result=got.append, close_timeout=0)
+
+    async def on_results(batch: Sequence[teb.PublishResult]) -> None:
+        got.extend(batch)
+
+    options = teb.BusOptions(on_publish_results=on_results, close_timeout=0)
     async with teb.open_bus(FakeConfig(backend), options=options) as bus:
         env = teb.Envelope(aggregate_id="a", event_type="T", event_version=1, payload=b"{}")
         await bus.publish_envelope("t", env)
