@@ -47,9 +47,9 @@ class ResultsCallback:
         self._progress = trio.lowlevel.ParkingLot()
         self._ended = False
         self.task: trio.lowlevel.Task | None = None
-        #: results put into the queue / handed to the callback (or lost with it) / left over at the end
+        #: results put into the queue / in batches the callback has returned from (or raised) / left over at the end
         self.enqueued = 0
-        self.taken = 0
+        self.done = 0
         self.dropped = 0
         self.errors = 0
 
@@ -81,12 +81,18 @@ class ResultsCallback:
     def close(self, grace: float) -> None:
         """No more results: the task hands over what is queued within ``grace`` seconds, then ends."""
         self._queue.close()
+        self.limit(grace)
+
+    def limit(self, grace: float) -> None:
+        """The bus is closing: the task must end within ``grace`` seconds from now (then it is cancelled, its
+        queue closes, and what is left is dropped and counted)."""
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace)
 
-    async def wait_taken(self, target: int) -> None:
-        """Wait until the callback has been handed ``target`` results (or its task ended). Always a checkpoint."""
+    async def wait_done(self, target: int) -> None:
+        """Wait until the callback has returned from (or raised for) ``target`` results, or its task ended.
+        Always a checkpoint."""
         await trio.lowlevel.checkpoint()
-        while self.taken < target and not self._ended:
+        while self.done < target and not self._ended:
             await self._progress.park()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -102,7 +108,6 @@ class ResultsCallback:
                     batch: list[PublishResult] = []
                     while len(batch) < capacity and (result := queue.poll(None)) is not None:
                         batch.append(result)
-                    self.taken += len(batch)
                     try:
                         await fn(batch)
                     except Exception:
@@ -114,6 +119,7 @@ class ResultsCallback:
                             batch[0].event_id,
                             batch[-1].event_id,
                         )
+                    self.done += len(batch)
                     if self._progress:
                         self._progress.unpark_all()
         finally:

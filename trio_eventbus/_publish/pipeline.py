@@ -347,6 +347,11 @@ class PublishPipeline:
         try:
             if sink.put_nowait(result):
                 return
+            if sink is self._callback:  # the bus's own reader: waiting is bounded by its deadline at close
+                if name not in self._warned_full:
+                    self._warn_full(name)
+                await sink.put(result)
+                return
             if not self._drop_results:
                 if name not in self._warned_full:
                     self._warn_full(name)
@@ -419,10 +424,10 @@ class PublishPipeline:
         callback = self._callback
         if (
             callback is not None
-            and callback.taken < callback.enqueued
+            and callback.done < callback.enqueued
             and trio.lowlevel.current_task() is not callback.task
         ):
-            await callback.wait_taken(callback.enqueued)
+            await callback.wait_done(callback.enqueued)
             return
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -452,9 +457,12 @@ class PublishPipeline:
         self.outcomes_send.close()
 
     def stop_blocking_on_results(self) -> None:
-        """Close deadline passed: count undeliverable results as dropped instead of waiting for a reader."""
+        """Close deadline passed (or hard stop): count results the channel cannot take as dropped instead of
+        waiting for its reader; give the ``on_publish_results`` task its close deadline."""
         self._drop_results = True
         self._results_scope.cancel()
+        if self._callback is not None:
+            self._callback.limit(max(self._options.close_timeout, HARD_STOP_GRACE))
 
     async def finish(self) -> None:
         """After the last outcome: fail what never got one, end the results channel and the callback's queue.
