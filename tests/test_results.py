@@ -247,8 +247,10 @@ async def test_on_publish_results_must_be_async() -> None:
 
 async def test_hard_stop_cancels_the_callback_and_counts_what_it_did_not_take() -> None:
     entered = trio.Event()
+    taken: list[teb.PublishResult] = []
 
     async def on_results(batch: Sequence[teb.PublishResult]) -> None:
+        taken.extend(batch)
         entered.set()
         await trio.sleep_forever()
 
@@ -263,9 +265,10 @@ async def test_hard_stop_cancels_the_callback_and_counts_what_it_did_not_take() 
                 scope.cancel()
                 await trio.sleep_forever()
     stats = bus.statistics()
-    print(f"published {stats.published}, dropped {stats.results_dropped}")
+    print(f"published {stats.published}, taken by the callback {len(taken)}, dropped {stats.results_dropped}")
     assert stats.published == 4
-    assert stats.results_dropped == 2  # the callback's batch (2) was taken; the 2 queued are counted, not lost
+    assert len(taken) in (1, 2)  # the first batch: whatever was ready (at most results_buffer)
+    assert stats.results_dropped == 4 - len(taken)  # the rest is counted, none silently lost
 
 
 # -- traps: a channel nobody reads ---------------------------------------------------------------------------

@@ -12,11 +12,12 @@ counted (``Statistics.callback_errors``); it never propagates and the batch is n
 its retries.
 
 Lifecycle: the task runs in the bus's outer nursery, so on a graceful close it sees the results produced while
-the bus closes (the last broker acks, the failures of publishes never answered); the pipeline :meth:`close` s
-the queue after the last result and the task ends once it has handed over the rest, within
-``max(close_timeout, HARD_STOP_GRACE)`` seconds from then. An outer cancellation (hard stop) or a failure of
-the bus cancels it at once, like the handlers; results it did not receive are counted in
-``Statistics.results_dropped`` and logged in one line.
+the bus closes (the last broker acks, the failures of publishes never answered); the results task waits for
+room in the queue even then, because this task keeps taking. Once the close deadline passed (or a hard stop
+began) the task has ``max(close_timeout, HARD_STOP_GRACE)`` more seconds; then it is cancelled. An outer
+cancellation (hard stop) or a failure of the bus cancels it at once, like the handlers. Either way its queue
+closes, and the results it did not take are counted in ``Statistics.results_dropped`` and logged in one line.
+``flush()`` waits until the callback has returned for every result produced before it.
 """
 
 from __future__ import annotations

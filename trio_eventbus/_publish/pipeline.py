@@ -151,11 +151,12 @@ class PublishPipeline:
         envelope: Envelope | None,
     ) -> bool:
         """:meth:`submit` without ``confirm`` when the window has room at once; False (nothing queued) if not."""
-        size = len(body)
-        if self._free <= 0 or self._waiters or (self._bytes and self._bytes + size > self._max_bytes):
+        in_flight = self._bytes
+        after = in_flight + len(body)
+        if self._free <= 0 or self._waiters or (after > self._max_bytes and in_flight):
             return False
         self._free -= 1
-        self._bytes += size
+        self._bytes = after
         self._enqueue(topic, body, headers, key, message_id, envelope)
         return True
 
@@ -282,37 +283,43 @@ class PublishPipeline:
             self.published += len(seqs)
         else:
             self.failed += len(seqs)
-        for seq in seqs:
-            message = pending.pop(seq, None)
-            if message is None:
-                logger.error("backend reported a second outcome for message %d; ignored", seq)
-                if error is None:
-                    self.published -= 1
+        freed = 0  # body bytes freed by this call, subtracted from _bytes before a release and at the end
+        try:
+            for seq in seqs:
+                message = pending.pop(seq, None)
+                if message is None:
+                    logger.error("backend reported a second outcome for message %d; ignored", seq)
+                    if error is None:
+                        self.published -= 1
+                    else:
+                        self.failed -= 1
+                    continue
+                if confirms:
+                    waiter = confirms.pop(seq, None)
+                    if waiter is not None:
+                        waiter.error = error
+                        waiter.done.set()
+                if message.message_id is not None:
+                    if no_result and seq in no_result:
+                        no_result.discard(seq)
+                    elif self._results is not None or self._callback is not None:
+                        await self._deliver_result(message, error)
+                # free the window slot and bytes (parked publishers wake together once _resume_at slots are free)
+                self._free += 1
+                freed += len(message.body)
+                if self._waiters and self._free >= self._resume_at:
+                    self._bytes -= freed
+                    freed = 0
+                    self._release()
+                # the flush frontier: the highest seq up to which every message has its outcome
+                if seq == self._frontier + 1 and not self._done_ahead:
+                    self._frontier = seq
+                    if self._flush_waiters:
+                        self._wake_flushers()
                 else:
-                    self.failed -= 1
-                continue
-            if confirms:
-                waiter = confirms.pop(seq, None)
-                if waiter is not None:
-                    waiter.error = error
-                    waiter.done.set()
-            if message.message_id is not None:
-                if no_result and seq in no_result:
-                    no_result.discard(seq)
-                elif self._results is not None or self._callback is not None:
-                    await self._deliver_result(message, error)
-            # free the window slot and bytes (parked publishers wake together once _resume_at slots are free)
-            self._free += 1
-            self._bytes -= len(message.body)
-            if self._waiters and self._free >= self._resume_at:
-                self._release()
-            # the flush frontier: the highest seq up to which every message has its outcome
-            if seq == self._frontier + 1 and not self._done_ahead:
-                self._frontier = seq
-                if self._flush_waiters:
-                    self._wake_flushers()
-            else:
-                self._advance(seq)
+                    self._advance(seq)
+        finally:
+            self._bytes -= freed
 
     async def _deliver_result(self, message: OutgoingMessage, error: BaseException | None) -> None:
         meta = message.envelope
