@@ -513,7 +513,8 @@ async def test_nowait_forms_queue_without_yielding_and_refuse_a_full_window() ->
         bus.publish_envelope_nowait("t", envs[2])  # room again
         await bus.flush()
         assert bus.statistics().published == 4
-    assert [r.event_id for r in got] == [envs[0].event_id, envs[2].event_id]  # one per queued envelope
+    # one per queued envelope and per raw publish with a message_id (none for the raw one without)
+    assert [r.event_id for r in got] == ["m1", envs[0].event_id, envs[2].event_id]
 
 
 async def test_nowait_to_a_topic_not_provisioned_is_would_block_and_queues_nothing() -> None:

@@ -57,6 +57,7 @@ EXPECTED = {
     "PublishError",
     "PublishResult",
     "ResultChannel",
+    "ResultsReaderError",
     "RetryPolicy",
     "Statistics",
     "Subscribers",

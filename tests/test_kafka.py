@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -392,7 +392,11 @@ async def test_publish_results_flush_and_failures(kafka_bootstrap: str) -> None:
     fails its confirm with PublishError (and the bus keeps working)."""
     topic = unique("results")
     results: list[teb.PublishResult] = []
-    options = teb.BusOptions(on_publish_result=results.append, max_message_bytes=4 * 1024 * 1024)
+
+    async def on_results(batch: Sequence[teb.PublishResult]) -> None:
+        results.extend(batch)
+
+    options = teb.BusOptions(on_publish_results=on_results, max_message_bytes=4 * 1024 * 1024)
     with trio.fail_after(60):
         async with teb.open_bus(config(kafka_bootstrap), options=options) as bus:
             sent = [envelope(f"agg-{i % 9}", i) for i in range(700)]

@@ -287,7 +287,8 @@ async def test_server_restart_mid_stream_every_envelope_is_handled(nats_server: 
                 handled.add(seq_of(env))
 
             async def outbox() -> None:  # what an outbox relay does: publish failed results again
-                async for result in results:
+                while True:  # receive(), not `async for`: this reader is inside the bus block (cancelled below)
+                    result = await results.receive()
                     if not result.success:
                         failed.append(index[result.event_id])
                         await server_back.wait()

@@ -7,11 +7,14 @@ included, is waiting), never with a sleep.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import trio
 import trio.testing
 
 import trio_eventbus as teb
+from trio_eventbus.testing import collect
 from trio_eventbus.testing.fake import FakeBackend, FakeConfig
 
 
@@ -182,10 +185,151 @@ async def test_messages_still_held_at_close_get_failed_results() -> None:
     """The broker never answered before the bus closed: each envelope still gets exactly one result."""
     backend = FakeBackend()
     got: list[teb.PublishResult] = []
-    options = teb.BusOptions(on_publish_result=got.append, close_timeout=0)
+
+    async def on_results(batch: Sequence[teb.PublishResult]) -> None:
+        got.extend(batch)
+
+    options = teb.BusOptions(on_publish_results=on_results, close_timeout=0)
     async with teb.open_bus(FakeConfig(backend), options=options) as bus:
         env = teb.Envelope(aggregate_id="a", event_type="T", event_version=1, payload=b"{}")
         await bus.publish_envelope("t", env)
         await backend.wait_sent(1)
     assert [(r.event_id, r.success, type(r.error)) for r in got] == [(env.event_id, False, teb.PublishError)]
     assert bus.statistics().pending_publishes == 0
+
+
+# -- the window in bytes -----------------------------------------------------------------------------------------
+
+
+def byte_options(**kwargs: object) -> teb.BusOptions:
+    """A byte limit of 1,000 bytes (bodies up to 1,000 bytes) and a count window that never binds."""
+    return teb.BusOptions(max_message_bytes=1_000, max_pending_bytes=1_000, publish_batch=1, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_bytes_in_flight_bound_the_window_and_are_freed_with_the_outcome() -> None:
+    backend = FakeBackend()
+    async with trio.open_nursery() as nursery, teb.open_bus(FakeConfig(backend), options=byte_options()) as bus:
+        for _ in range(4):
+            await bus.publish("t", b"x" * 250)  # 4 x 250 = the limit exactly
+        await backend.wait_sent(4)
+        assert bus.statistics().pending_publish_bytes == 1_000
+        with pytest.raises(trio.WouldBlock, match="window is full"):
+            bus.publish_nowait("t", b"y")  # one more byte would pass the limit
+        waiting = Publishers(bus, nursery)
+        waiting.start(1)  # an awaited publish waits instead
+        await trio.testing.wait_all_tasks_blocked()
+        assert waiting.done == []
+        assert bus.statistics().pending_publishes == 4
+        await backend.release([backend.sent[0].seq])  # the outcome frees its 250 bytes: the waiter goes
+        await trio.testing.wait_all_tasks_blocked()
+        assert waiting.done == [0]
+        assert bus.statistics().pending_publish_bytes == 750 + 1
+        bus.publish_nowait("t", b"z" * 249)  # fits exactly again
+        await backend.wait_sent(6)
+        await backend.release_all()
+        await trio.testing.wait_all_tasks_blocked()
+        assert bus.statistics().pending_publish_bytes == 0
+
+
+async def test_waiting_publishers_are_served_in_order_even_when_a_later_one_would_fit() -> None:
+    """First come, first served: a large waiting message is not overtaken by small ones (no starvation)."""
+    backend = FakeBackend()
+    order: list[str] = []
+
+    async def publish(name: str, size: int) -> None:
+        await bus.publish("t", b"x" * size)
+        order.append(name)
+
+    async with trio.open_nursery() as nursery, teb.open_bus(FakeConfig(backend), options=byte_options()) as bus:
+        await bus.publish("t", b"x" * 600)
+        await backend.wait_sent(1)
+        nursery.start_soon(publish, "large", 500)  # 600 + 500 > 1,000: waits
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(publish, "small", 100)  # would fit, but queues behind "large"
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            bus.publish_nowait("t", b"x")
+        assert order == []
+        await backend.release([backend.sent[0].seq])
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(order) == ["large", "small"]  # admitted together (their run order is the scheduler's)
+        assert bus.statistics().pending_publish_bytes == 600
+        await backend.release_all()
+
+
+async def test_a_cancelled_waiter_takes_nothing_and_lets_the_next_one_in() -> None:
+    backend = FakeBackend()
+    done: list[str] = []
+
+    async def publish(name: str, size: int, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await bus.publish("t", b"x" * size)
+            done.append(name)
+
+    async with trio.open_nursery() as nursery, teb.open_bus(FakeConfig(backend), options=byte_options()) as bus:
+        await bus.publish("t", b"x" * 600)
+        await bus.publish("t", b"x" * 300)
+        await backend.wait_sent(2)
+        large = await nursery.start(publish, "large", 500)
+        await nursery.start(publish, "small", 50)
+        await trio.testing.wait_all_tasks_blocked()
+        await backend.release([backend.sent[1].seq])  # 600 in flight: "large" still does not fit
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == []
+        large.cancel()  # the head leaves: "small" fits now
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == ["small"]
+        assert bus.statistics().pending_publish_bytes == 650
+        await backend.release_all()
+
+
+def test_max_pending_bytes_is_derived_from_max_message_bytes_and_validated() -> None:
+    assert teb.BusOptions().pending_bytes_limit == 64 * 1024 * 1024
+    assert teb.BusOptions(max_message_bytes=4_000).pending_bytes_limit == 256_000
+    assert teb.BusOptions(max_pending_bytes=5_000, max_message_bytes=5_000).pending_bytes_limit == 5_000
+    with pytest.raises(teb.InvalidOptionError) as info:
+        teb.BusOptions(max_pending_bytes=999, max_message_bytes=1_000)
+    assert info.value.field == "max_pending_bytes"
+
+
+async def test_big_envelopes_in_a_hot_loop_stay_within_the_byte_limit() -> None:
+    """The user's 1,500 envelopes of 700 KB, published in the README's hot loop with results read: the
+    publisher used to hold all of them (1 GB); the bytes in flight now stay within the default 64 MiB."""
+    import resource
+
+    total = 1_500
+    payload = b'"' + b"x" * 700_000 + b'"'
+    handled = 0
+    everything = trio.Event()
+    results: list[teb.PublishResult] = []
+
+    async def handler(envelope: teb.Envelope) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == total:
+            everything.set()
+
+    peak = 0
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery, teb.open_bus(teb.MemoryConfig()) as bus:
+            limit = teb.BusOptions().pending_bytes_limit
+            nursery.start_soon(collect, bus.publish_results(), results)
+            await bus.subscribe_envelope("big", handler, group="big-consumer")
+            for i in range(total):
+                envelope = teb.Envelope(aggregate_id=f"a{i % 10}", event_type="Big", event_version=1, payload=payload)
+                try:
+                    bus.publish_envelope_nowait("big", envelope)
+                except trio.WouldBlock:
+                    await bus.publish_envelope("big", envelope)
+                peak = max(peak, bus.statistics().pending_publish_bytes)
+            await everything.wait()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"sent {total}, handled {handled}, results {len(results)}, peak bytes in flight {peak / 2**20:.1f} MiB "
+        f"(limit {limit / 2**20:.0f} MiB), peak RSS of the test process {rss_mb:.0f} MiB"
+    )
+    assert handled == total
+    assert len(results) == total
+    assert all(r.success for r in results)
+    assert 0 < peak <= limit

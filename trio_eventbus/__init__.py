@@ -40,6 +40,7 @@ from ._exceptions import (
     InvalidTopicError,
     MessageTooLargeError,
     PublishError,
+    ResultsReaderError,
 )
 from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
 from ._publish.results import ResultChannel
@@ -85,6 +86,7 @@ __all__ = [
     "PublishError",
     "PublishResult",
     "ResultChannel",
+    "ResultsReaderError",
     "RetryPolicy",
     "Statistics",
     "Subscribers",

@@ -16,22 +16,27 @@ Graceful close, on leaving the ``async with`` block normally or with an exceptio
 1. refuse new publishes and subscriptions (:class:`BusClosedError`, checked without awaiting);
 2. stop every fetcher (``backend.stop_consuming()``);
 3. lanes and workers finish what they hold, and ack it (dead letters included);
-4. queued publishes are handed to the broker and every outcome so far is turned into its result;
-   steps 2-4 share ``BusOptions.close_timeout``; past it, handlers are cancelled and their messages nak'ed,
-   and the publisher task stops handing over. A task of the bus still alive once that is done is a bug (a
-   handler that shields itself from cancellation, say): it is reported with a ``ResourceWarning`` naming it
-   and cancelled, never silently;
+4. queued publishes are handed to the broker and every outcome so far is turned into its result (and
+   handed to ``on_publish_results``); steps 2-4 share ``BusOptions.close_timeout``; past it, handlers are
+   cancelled and their messages nak'ed, and the publisher task stops handing over. An outer deadline that
+   expires, or an outer cancellation that arrives, during steps 2-4 ends them at once and turns the close into
+   the hard stop below (a second Ctrl-C, a ``trio.move_on_after`` around ``open_bus``). A task of the bus
+   still alive once that is done is a bug (a handler that shields itself from cancellation, say): it is
+   reported with a ``ResourceWarning`` naming it and cancelled, never silently;
 5. the inner nursery ends; the backend's exit (shielded, bounded by its own deadline) delivers the
    outstanding outcomes and settlements and closes the connection;
 6. the bus closes the outcomes channel; the results task turns the last outcomes into results and ends;
-   every publish still without an outcome gets a failed result; the results channel ends. No task is left.
+   every publish still without an outcome gets a failed result; the results channel ends; the
+   ``on_publish_results`` task hands over the rest and ends. No task is left.
 
 Hard stop: an outer cancellation (``Cancelled`` arriving in the block) cancels handlers at once; the lanes
 nak what they held; nothing unhandled is acked (it is redelivered later: at-least-once). The cancellation
 then unwinds the nesting: the backend's exit runs within the one hard-stop grace
 (:data:`~trio_eventbus._abc.HARD_STOP_GRACE`), flushing acks of messages already handled and forwarding the
 outcomes already known; the results task, shielded, still turns them into results; what has no outcome gets
-a failed result. The bus itself has no timer for a hard stop.
+a failed result (the ``on_publish_results`` task is cancelled with the handlers: results it did not take are
+counted in ``Statistics.results_dropped``). So a hard stop takes at most the moment it starts plus
+``HARD_STOP_GRACE`` for the bus's tasks to end plus ``HARD_STOP_GRACE`` for the backend's exit.
 
 Exception policy: handler exceptions never escape (they are retried and dead-lettered). An error of the bus's
 own tasks (say, the broker going away for good) cancels the block and comes out of ``open_bus``; an exception
@@ -83,12 +88,14 @@ class BackendConfig(Protocol):
 class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(config)"):
     """A running bus; obtain one from :func:`open_bus` (calling ``EventBus(...)`` raises ``TypeError``).
 
-    Every method may be called from any task of the Trio run that opened the bus. Leaving the ``open_bus``
-    block closes it gracefully; an outer cancellation is a hard stop (README "Lifecycle", and
-    :func:`open_bus`); :func:`trio_eventbus.run` / :func:`trio_eventbus.serve` add signal handling (README
-    "Running a service"). Publishing: :meth:`publish`, :meth:`publish_envelope`, :meth:`flush`,
-    :meth:`publish_results` (README "Publish results"); consuming: :meth:`subscribe`,
-    :meth:`subscribe_envelope` (README "Ordering", "Retries and dead letters"); tests: :meth:`wait_idle`.
+    Every method may be called from any task of the Trio run that opened the bus. Leaving the ``open_bus`` block
+    closes it gracefully (stop fetching, let handlers finish and ack, deliver every pending publish and its
+    result, within ``BusOptions.close_timeout``); an outer cancellation or deadline is a hard stop (handlers
+    cancelled, their messages redelivered later), also when it arrives during the graceful close (README
+    "Lifecycle"); :func:`trio_eventbus.run` / :func:`trio_eventbus.serve` add signal handling (README "Running a
+    service"). Publishing: :meth:`publish`, :meth:`publish_envelope`, :meth:`flush`, :meth:`publish_results`
+    (README "Publish results"); consuming: :meth:`subscribe`, :meth:`subscribe_envelope` (README "Ordering",
+    "Retries and dead letters"); tests: :meth:`wait_idle`.
 
     Every ``async`` method is a Trio checkpoint on every path (it checks for cancellation first, and yields once
     even when it need not wait), as trio's own channels are; each docstring says what a ``Cancelled`` from it
@@ -117,15 +124,19 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         await self._dispatcher.start(nursery)
 
     async def _close(self, nursery: trio.Nursery) -> None:
-        """Graceful close (see the module docstring); shielded, the drain bounded by ``close_timeout``."""
+        """Graceful close (see the module docstring): the drain bounded by ``close_timeout`` and by any outer
+        deadline or cancellation (which then propagates: the hard stop); the cleanup after it is shielded and
+        bounded by ``HARD_STOP_GRACE``."""
         self._closing = True
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(self._options.close_timeout) as drain:
+        drain = trio.move_on_after(self._options.close_timeout)
+        try:
+            with drain:  # not shielded: an outer cancel or deadline ends the drain (the hard stop)
                 await self._backend.stop_consuming()
                 self._dispatcher.close_inputs()
                 await self._dispatcher.wait_finished()
                 self._publisher.close_queue()
                 await self._publisher.flush()
+        finally:
             if drain.cancelled_caught:
                 logger.warning(
                     "close_timeout (%.1fs) passed: cancelling %d handlers, %d publishes still pending",
@@ -133,8 +144,16 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
                     self._dispatcher.in_flight,
                     self._publisher.pending,
                 )
+            elif _cancelled():
+                logger.warning(
+                    "graceful close interrupted by an outer cancellation or deadline: hard stop (cancelling %d "
+                    "handlers, %d publishes still pending)",
+                    self._dispatcher.in_flight,
+                    self._publisher.pending,
+                )
             self._stop()
-            with trio.move_on_after(HARD_STOP_GRACE):  # cancelled tasks end at once unless they shield
+            # cancelled tasks end at once unless they shield
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + HARD_STOP_GRACE):
                 await self._dispatcher.wait_finished()
                 await self._publisher.wait_stopped()
         if leaked := list(nursery.child_tasks):
@@ -200,13 +219,17 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             self._check_size(topic, body)
         return body, _EMPTY_HEADERS if headers is None else freeze_headers(headers)
 
-    def _encoded(self, topic: str, envelope: Envelope) -> tuple[bytes, Mapping[str, str]]:
+    def _encoded(
+        self, topic: str, envelope: Envelope, extra: Mapping[str, str] | None
+    ) -> tuple[bytes, Mapping[str, str]]:
         """Check and encode an envelope publish: (body, headers); BusClosedError or a ValueError subclass."""
         if self._closing:
             self._check_open()
         if not isinstance(envelope, Envelope):
             raise InvalidEnvelopeError(f"expected an Envelope, got {type(envelope).__name__}")
         body, headers = encode_envelope(envelope)
+        if extra:
+            headers.update(freeze_headers(extra))  # a fresh dict; reserved names (the envelope's own) refused
         if len(body) > self._max_message_bytes:
             self._check_size(topic, body)
         return body, headers
@@ -232,8 +255,12 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         """Publish raw bytes.
 
         ``key`` orders messages: subscribers handle messages with the same key in publish order (keyless ones
-        run on the worker pool). ``message_id`` lets the broker drop duplicates (NATS ``Nats-Msg-Id``).
-        Returns once the message is in the in-flight window (waits while the window is full: backpressure).
+        run on the worker pool). ``message_id`` lets the broker drop duplicates (NATS ``Nats-Msg-Id``), and
+        gives the message a :class:`PublishResult` (``event_id=message_id``, ``aggregate_id=key``,
+        ``event_type=None``) on :meth:`publish_results` and ``BusOptions.on_publish_results``; without a
+        ``message_id`` there is no result (``flush`` and ``confirm`` still report the outcome).
+        Returns once the message is in the in-flight window (waits while the window is full, by count or by
+        bytes, see ``BusOptions.max_pending_bytes``: backpressure).
         With ``confirm=True`` waits for the broker's ack and raises :class:`PublishError` on failure.
         Raises :class:`BusClosedError` after close, ``ValueError`` subclasses for bad input (nothing sent):
         :class:`InvalidHeaderError` for headers, ``key`` or ``message_id`` outside the one header rule every
@@ -266,7 +293,8 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         """:meth:`publish` without waiting and without yielding: a synchronous call for hot loops.
 
         Queues the message into the in-flight window, or raises ``trio.WouldBlock`` and queues nothing: when
-        the window is full (``BusOptions.max_pending_publishes`` in flight), or when ``topic`` has not been
+        the window is full (``BusOptions.max_pending_publishes`` in flight, or this body would pass
+        ``BusOptions.max_pending_bytes``), or when ``topic`` has not been
         provisioned on the broker yet (that takes a broker round trip: await one :meth:`publish` to the topic,
         or :meth:`subscribe` / :meth:`configure_topic`, first). The usual loop falls back to the async form::
 
@@ -285,16 +313,28 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         if not self._publisher.submit_nowait(topic, body, frozen, key, message_id, None):
             raise trio.WouldBlock("the in-flight publish window is full")
 
-    async def publish_envelope(self, topic: str, envelope: Envelope, *, confirm: bool = False) -> None:
+    async def publish_envelope(
+        self,
+        topic: str,
+        envelope: Envelope,
+        *,
+        headers: Mapping[str, str] | None = None,
+        confirm: bool = False,
+    ) -> None:
         """Publish an envelope, keyed by its ``aggregate_id``, with ``event_id`` as the broker dedupe id.
 
-        Exactly one :class:`PublishResult` per call that returns (on ``publish_results()`` once opened, and on
-        ``BusOptions.on_publish_result``). Backpressure, ``confirm``, errors and cancellation as in
+        ``headers`` travel beside the envelope's own wire headers (a W3C ``traceparent``, say): subscribers see
+        them in ``Message.headers`` and in the handler context's ``headers``. They follow the one header rule
+        of :meth:`publish`; the bus's own names (the envelope's fields among them) raise
+        :class:`InvalidHeaderError`, nothing sent.
+
+        Exactly one :class:`PublishResult` per call that returns (on ``publish_results()`` once opened, and to
+        ``BusOptions.on_publish_results``). Backpressure, ``confirm``, errors and cancellation as in
         :meth:`publish`: always a checkpoint; if it raises ``Cancelled``, nothing was queued (and no result
         will come), except for a cancel during a ``confirm=True`` wait for the ack (queued: its result comes).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        body, headers = self._encoded(topic, envelope)
+        body, headers = self._encoded(topic, envelope, headers)
         if topic not in self._topics.ready:
             await self._topics.ensure(topic)
         key = envelope.aggregate_id
@@ -303,20 +343,24 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def publish_envelope_nowait(self, topic: str, envelope: Envelope) -> None:
+    def publish_envelope_nowait(
+        self, topic: str, envelope: Envelope, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         """:meth:`publish_envelope` without waiting and without yielding; semantics of :meth:`publish_nowait`.
 
         Queued (exactly one :class:`PublishResult` will come), or ``trio.WouldBlock`` and nothing queued (window
         full, or ``topic`` not provisioned yet), or :class:`BusClosedError` / a ``ValueError`` subclass.
+        ``headers`` as in :meth:`publish_envelope`.
         """
-        body, headers = self._encoded(topic, envelope)
+        body, headers = self._encoded(topic, envelope, headers)
         if topic not in self._topics.ready:
             self._unready(topic)
         if not self._publisher.submit_nowait(topic, body, headers, envelope.aggregate_id, envelope.event_id, envelope):
             raise trio.WouldBlock("the in-flight publish window is full")
 
     async def flush(self) -> None:
-        """Wait until every publish accepted before this call has its broker ack or failure.
+        """Wait until every publish accepted before this call has its broker ack or failure (and, with
+        ``BusOptions.on_publish_results``, until the callback has been handed every result so far).
 
         Always a checkpoint. Cancelled, it abandons only the wait: the publishes go on and get their outcomes.
         """
@@ -352,13 +396,17 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             await trio.sleep(IDLE_POLL_INTERVAL)
 
     def publish_results(self) -> ResultChannel[PublishResult]:
-        """A receive channel of :class:`PublishResult`, one per envelope published after the first call.
+        """A :class:`ResultChannel` of :class:`PublishResult`, one per envelope (and per raw publish with a
+        ``message_id``) published after the first call.
 
         Open it before publishing. While it is open, a full channel (``BusOptions.results_buffer``) holds
-        publish window slots: read it, or publishing stops (backpressure, never a silent drop); the bus resumes
-        once the reader has drained half of it. The channel ends when the bus closes, after the last result.
-        Several calls return the same channel. Closing it (``aclose``) stops delivery; later results are
-        counted in ``Statistics.results_dropped``.
+        publish window slots: read it, or publishing stops (backpressure, never a silent drop; one WARNING
+        says so the first time); the bus resumes once the reader has drained half of it. The channel ends when
+        the bus closes, after the last result, so iterate it (``async for``) in a task of a nursery opened
+        outside the ``open_bus`` block: inside the block the loop could never end and raises
+        :class:`ResultsReaderError` (``receive`` / ``receive_nowait`` work anywhere). Several calls return the
+        same channel. Closing it (``aclose``) stops delivery; later results are counted in
+        ``Statistics.results_dropped``. ``BusOptions.on_publish_results`` needs no reader task.
         """
         self._check_open()
         return self._publisher.results()
@@ -450,6 +498,7 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             published=p.published,
             publish_failed=p.failed,
             pending_publishes=p.pending,
+            pending_publish_bytes=p.pending_bytes,
             handled=c.handled,
             handler_errors=c.handler_errors,
             retries=c.retries,
@@ -493,7 +542,8 @@ def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
 async def open_bus(config: BackendConfig, *, options: BusOptions | None = None) -> AsyncIterator[EventBus]:
     """Open a bus on ``config``'s backend; leaving the block closes it (see the module docstring).
 
-    Raises :class:`BackendUnavailable` when the broker cannot be reached or refuses the credentials.
+    Raises :class:`BackendUnavailable` when the broker cannot be reached or refuses the credentials. An outer
+    cancellation or deadline, in the block or during the graceful close, is a hard stop.
     """
     options = BusOptions() if options is None else options
     if not isinstance(options, BusOptions):
@@ -508,9 +558,11 @@ async def open_bus(config: BackendConfig, *, options: BusOptions | None = None) 
                 try:
                     async with backend.open(publisher.outcomes_send), trio.open_nursery() as inner:
                         await bus._start(inner)
+                        publisher.guard.enter(trio.lowlevel.current_task(), inner)
                         try:
                             yield bus
                         finally:
+                            publisher.guard.leave()
                             if _cancelled():
                                 bus._hard_stop()
                             else:

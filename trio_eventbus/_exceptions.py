@@ -23,6 +23,7 @@ __all__ = [
     "InvalidTopicError",
     "MessageTooLargeError",
     "PublishError",
+    "ResultsReaderError",
     "map_exceptions",
     "translate_exception",
 ]
@@ -42,6 +43,18 @@ class PublishError(EventBusError):
 
 class MessageTooLargeError(PublishError, ValueError):
     """The encoded message is larger than ``BusOptions.max_message_bytes`` (or the broker's own limit)."""
+
+
+class ResultsReaderError(EventBusError):
+    """``async for`` over ``EventBus.publish_results()`` inside the ``open_bus`` block, where it could never end.
+
+    The results channel ends only when the bus closes, and the bus closes only after its block, with every
+    nursery opened in it, has ended: a loop over the channel in the block's task, or in a task of a nursery
+    opened inside the block, would wait forever. Iterate in a task of a nursery opened *outside* the
+    ``async with open_bus(...)`` block, or set ``BusOptions.on_publish_results`` and let the bus call you with
+    batches of results. ``receive()`` / ``receive_nowait()`` stay allowed anywhere (reading a known number of
+    results is fine).
+    """
 
 
 class BackendUnavailable(EventBusError):

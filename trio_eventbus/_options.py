@@ -8,7 +8,7 @@ running bus.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
 import attrs
@@ -32,6 +32,8 @@ _optional_positive_int = v.optional(v.positive_int)
 _positive_float = v.positive_float
 _optional_positive_float = v.optional(v.positive_float)
 _non_negative_float = v.non_negative_float
+_optional_async_callable = v.optional(v.async_callable)
+_optional_pending_bytes = v.optional(v.at_least_field("max_message_bytes"))
 _dead_letter_suffix = v.optional(v.matches(r"[A-Za-z0-9_.\-]+", "None or a non-empty str of A-Z a-z 0-9 _ . -"))
 
 
@@ -85,7 +87,13 @@ class TopicOptions:
 
 @attrs.frozen(slots=True, kw_only=True)
 class PublishResult:
-    """The broker's verdict on one published envelope (one result per envelope, never more, never less)."""
+    """The broker's verdict on one published message (one result per message, never more, never less).
+
+    Envelopes have results, and raw ``publish(..., message_id=...)`` calls: for those ``event_id`` is the
+    message id, ``aggregate_id`` the ``key`` and ``event_type`` None. Raw publishes without a ``message_id``
+    and the bus's own dead-letter publishes have none. ``success`` False carries the ``error`` (a
+    :class:`PublishError` for a publish the broker never answered before the bus closed).
+    """
 
     event_id: str
     topic: str
@@ -96,7 +104,8 @@ class PublishResult:
     timestamp: _dt.datetime = attrs.field(factory=lambda: _dt.datetime.now(_dt.UTC))
 
 
-PublishResultCallback = Callable[[PublishResult], object]
+#: ``await on_publish_results(batch)``: an async callable taking a non-empty sequence of results.
+PublishResultsCallback = Callable[[Sequence[PublishResult]], Awaitable[object]]
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -111,10 +120,21 @@ class BusOptions:
       counted in ``Statistics.discarded`` (never silently).
     - ``close_timeout``: seconds that a graceful close waits for handlers and pending publishes.
     - ``max_pending_publishes``: the in-flight publish window; ``publish`` waits while it is full.
+    - ``max_pending_bytes``: the same window in bytes: ``publish`` also waits (``publish_nowait`` raises
+      ``trio.WouldBlock``) while the bodies in flight plus this one would pass it; one message is always
+      admitted when nothing is in flight. ``None`` (default): ``64 * max_message_bytes`` (64 MiB by default);
+      when set, at least ``max_message_bytes``. Bytes are freed when the broker's verdict arrives.
     - ``publish_batch``: most messages handed to the backend in one call (one bridge crossing).
-    - ``results_buffer``: capacity of the :meth:`EventBus.publish_results` channel.
-    - ``on_publish_result``: a plain (non-async) callable run for every envelope result; it must not block;
-      an exception in it is logged and counted, never propagated.
+    - ``results_buffer``: capacity of the :meth:`EventBus.publish_results` channel, of the
+      ``on_publish_results`` queue, and the largest batch handed to ``on_publish_results``.
+    - ``on_publish_results``: ``async def on_publish_results(results: Sequence[PublishResult])``, awaited by a
+      task the bus owns with every batch of results that is ready (non-empty, at most ``results_buffer``), in
+      arrival order, including the results produced while the bus closes (the outbox case, without a reader
+      task). While it runs results queue (up to ``results_buffer``), then publishing waits (backpressure; one
+      WARNING the first time). An exception from it is logged with its traceback (logger
+      ``trio_eventbus.publish``) and counted in ``Statistics.callback_errors``, never propagated; the batch
+      is not retried. ``flush()`` also waits until it has been handed every result so far. An outer
+      cancellation (hard stop) cancels it like a handler. Not an async callable: :class:`InvalidOptionError`.
     - ``max_message_bytes``: largest encoded body accepted by ``publish`` (NATS and Kafka default to 1 MiB).
     - ``service``: the name of the service this bus belongs to; it is the consumer group of subscriptions
       that do not name one (``subscribe(..., group=...)``). With neither, ``subscribe`` raises
@@ -134,10 +154,20 @@ class BusOptions:
     max_pending_publishes: int = attrs.field(default=10_000, validator=_positive_int)
     publish_batch: int = attrs.field(default=500, validator=_positive_int)
     results_buffer: int = attrs.field(default=10_000, validator=_positive_int)
-    on_publish_result: PublishResultCallback | None = attrs.field(default=None, eq=False)
+    on_publish_results: PublishResultsCallback | None = attrs.field(
+        default=None, eq=False, validator=v.optional(v.async_callable)
+    )
     middleware: tuple[Callable[..., object], ...] = attrs.field(default=(), validator=v.callables)
     max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
     service: str | None = attrs.field(default=None, validator=v.optional(v.group_name))
+    max_pending_bytes: int | None = attrs.field(
+        default=None, validator=v.optional(v.at_least_field("max_message_bytes"))
+    )
+
+    @property
+    def pending_bytes_limit(self) -> int:
+        """``max_pending_bytes``, or the derived default ``64 * max_message_bytes``."""
+        return 64 * self.max_message_bytes if self.max_pending_bytes is None else self.max_pending_bytes
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -153,6 +183,8 @@ class Statistics:
     publish_failed: int
     #: Messages accepted by ``publish`` whose broker outcome has not arrived yet (the in-flight window).
     pending_publishes: int
+    #: Body bytes of those messages (bounded by ``BusOptions.max_pending_bytes``).
+    pending_publish_bytes: int
     #: Deliveries whose handler returned (acked).
     handled: int
     #: Handler calls that raised.
@@ -177,9 +209,10 @@ class Statistics:
     lanes_busy: int
     #: Keyless deliveries waiting for a worker.
     worker_queue_depth: int
-    #: Publish results not delivered: the channel was closed by its reader, or still full at the close deadline.
+    #: Publish results not delivered: the channel was closed by its reader, or still full at the close deadline;
+    #: or the ``on_publish_results`` task was cancelled (hard stop) or passed its close deadline before taking them.
     results_dropped: int
-    #: Exceptions raised by ``BusOptions.on_publish_result`` (logged, never propagated).
+    #: Exceptions raised by ``BusOptions.on_publish_results`` (logged with traceback, never propagated).
     callback_errors: int
     #: Tasks the bus's nursery runs right now.
     tasks_alive: int

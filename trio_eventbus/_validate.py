@@ -14,6 +14,7 @@ Validation runs once, at construction: a value that exists is a valid one, and n
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from ._exceptions import InvalidOptionError, InvalidTopicError
 
 __all__ = [
     "Validator",
+    "async_callable",
+    "at_least_field",
     "boolean",
     "check",
     "group_name",
@@ -131,6 +134,28 @@ def callables(_inst: Any, attribute: Any, value: Any) -> None:
     """A ``tuple`` of callables (whether each is async is checked where it is called: ``open_bus``)."""
     if not isinstance(value, tuple) or not all(callable(item) for item in value):
         raise _fail(attribute, "a tuple of callables", value)
+
+
+def async_callable(_inst: Any, attribute: Any, value: Any) -> None:
+    """An ``async def`` function, or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(value):
+        return
+    call = getattr(value, "__call__", None)  # noqa: B004 - the bound __call__ itself
+    if call is None or not inspect.iscoroutinefunction(call):
+        raise _fail(attribute, "an async function (async def)", value)
+
+
+def at_least_field(other: str) -> Validator:
+    """A positive int no smaller than the field ``other`` of the same instance (validators run after every
+    field is set, so ``other`` may come later in the class)."""
+
+    def validate(inst: Any, attribute: Any, value: Any) -> None:
+        positive_int(inst, attribute, value)
+        low = getattr(inst, other)
+        if value < low:
+            raise _fail(attribute, f"at least {other} ({low})", value)
+
+    return validate
 
 
 def optional(validator: Validator) -> Validator:

@@ -100,7 +100,7 @@ class Dispatcher:
         self, topic: str, body: bytes, headers: Mapping[str, str], key: str | None, message_id: str | None
     ) -> None:
         await self._ensure_topic(topic)
-        await self._publisher.submit(topic, body, headers, key, message_id, None, confirm=True)
+        await self._publisher.submit(topic, body, headers, key, message_id, None, confirm=True, result=False)
 
     def close_inputs(self) -> None:
         """Let lanes and workers finish what they hold, then exit."""

@@ -1,12 +1,15 @@
-"""ResultChannel: the bounded channel behind ``EventBus.publish_results()``, with hysteresis.
+"""ResultChannel: the bounded channel behind ``EventBus.publish_results()``, and the guard against the in-block
+``async for`` that could never end.
 
-A :class:`~trio_eventbus._queue.BoundedQueue` whose writer (the bus) is woken only after the reader has drained
-half of the buffer, so that under saturation both sides keep working in batches instead of one result per
-scheduler pass (see :mod:`trio_eventbus._queue`).
+The channel is a :class:`~trio_eventbus._queue.BoundedQueue` whose writer (the bus) is woken only after the
+reader has drained half of the buffer, so that under saturation both sides keep working in batches instead of
+one result per scheduler pass.
 
-Semantics otherwise follow ``trio.MemoryReceiveChannel``: FIFO; ``receive`` is a checkpoint and waits while
-empty; after the writer closes, the reader drains what is buffered and then gets ``EndOfChannel``; after the
-reader closes (``aclose``), writes raise ``BrokenResourceError``.
+:class:`ReaderGuard` knows the task running the ``open_bus`` block and the bus's inner nursery while the block
+runs; the channel asks it, before an ``async for`` starts (and before an iteration would wait), whether the
+iterating task is the block's task or one of its descendants through a nursery opened inside the block (after
+the bus's own). Such a loop would wait for the end of the channel, which comes only once the bus has closed,
+which happens only once the block has ended: a deadlock, refused with :class:`ResultsReaderError`.
 """
 
 from __future__ import annotations
@@ -16,16 +19,71 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
+from .._exceptions import ResultsReaderError
 from .._queue import BoundedQueue
 
-__all__ = ["ResultChannel"]
+__all__ = ["ChannelStatistics", "ReaderGuard", "ResultChannel"]
 
 T = TypeVar("T")
+
+_IN_BLOCK = (
+    "`async for` over publish_results() inside the `async with open_bus(...)` block would never end: the "
+    "channel ends only when the bus closes, and the bus closes only after this block (and every nursery "
+    "opened in it) has ended. Iterate it in a task of a nursery opened outside the open_bus block, or set "
+    "BusOptions.on_publish_results to have the bus call you with batches of results; receive() and "
+    "receive_nowait() work anywhere."
+)
+
+
+class ReaderGuard:
+    """The ``open_bus`` block's task and the bus's inner nursery while the block runs (else ``None``)."""
+
+    __slots__ = ("nursery", "task")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.nursery: trio.Nursery | None = None
+
+    def enter(self, task: trio.lowlevel.Task, nursery: trio.Nursery) -> None:
+        """The block starts: ``task`` runs it; nurseries it opens after ``nursery`` are inside the block."""
+        self.task, self.nursery = task, nursery
+
+    def leave(self) -> None:
+        """The block has ended (the bus is closing): every reader is allowed."""
+        self.task = self.nursery = None
+
+    def check(self) -> None:
+        """Raise :class:`ResultsReaderError` if the current task runs inside the block (see the module docstring)."""
+        block = self.task
+        if block is not None and _inside(block, self.nursery):
+            raise ResultsReaderError(_IN_BLOCK)
+
+
+def _inside(block: trio.lowlevel.Task, bus_nursery: trio.Nursery | None) -> bool:
+    """Whether the current task is ``block`` or a descendant of it through a nursery opened after ``bus_nursery``.
+
+    ``Task.child_nurseries`` lists a task's open nurseries outer first, so "opened inside the block" is "later in
+    that list than the bus's inner nursery". Tasks of nurseries opened before the block (an enclosing
+    ``trio.open_nursery()``) and the bus's own tasks are outside.
+    """
+    task = trio.lowlevel.current_task()
+    if task is block:
+        return True
+    while (nursery := task.parent_nursery) is not None:
+        parent = nursery.parent_task
+        if parent is block:
+            nurseries = block.child_nurseries
+            if bus_nursery is None or nursery not in nurseries or bus_nursery not in nurseries:
+                return False
+            return nurseries.index(nursery) > nurseries.index(bus_nursery)
+        task = parent
+    return False
 
 
 @attrs.frozen(slots=True)
 class ChannelStatistics:
-    """Live figures of a :class:`ResultChannel`."""
+    """Live figures of a :class:`ResultChannel`: results ``buffered`` now, the ``capacity``, and whether the bus
+    has ended the stream (``closed``)."""
 
     buffered: int
     capacity: int
@@ -33,11 +91,37 @@ class ChannelStatistics:
 
 
 class ResultChannel(trio.abc.ReceiveChannel[T], Generic[T]):
-    """See the module docstring. The bus is the only writer; any number of tasks may read."""
+    """The channel of :class:`~trio_eventbus.PublishResult` that ``EventBus.publish_results()`` returns.
 
-    def __init__(self, capacity: int) -> None:
+    One result per envelope published (and per raw ``publish`` with a ``message_id``) after the channel was
+    first requested, in the order the broker's verdicts arrive. The bus is the only writer; any number of tasks
+    may read. Buffer: ``BusOptions.results_buffer`` results. While it is full the bus waits for the reader, and
+    once the in-flight publish window is full too, ``publish`` waits (backpressure, never a silent drop; the bus
+    logs one WARNING the first time). The bus resumes writing once the reader has drained half the buffer, so
+    both sides work in batches.
+
+    Reading follows ``trio.MemoryReceiveChannel``: FIFO; :meth:`receive` is a checkpoint and waits while empty;
+    :meth:`receive_nowait` never waits (``trio.WouldBlock`` when empty). The stream ends when the bus has
+    closed, after the last result: readers drain what is buffered, then get ``trio.EndOfChannel`` (an
+    ``async for`` loop ends). :meth:`aclose` stops reading: later results are dropped and counted in
+    ``Statistics.results_dropped``.
+
+    Where to read: ``async for`` waits for the end of the stream, which comes only after the ``open_bus``
+    block; so iterate in a task of a nursery opened *outside* the block::
+
+        async with trio.open_nursery() as nursery, teb.open_bus(config) as bus:
+            nursery.start_soon(mark_outbox_rows, bus.publish_results())  # async for inside: ends at close
+            ...
+
+    An ``async for`` in the block's task, or in a task of a nursery opened inside the block, raises
+    :class:`~trio_eventbus.ResultsReaderError` instead of waiting forever (``receive`` / ``receive_nowait``
+    work anywhere). ``BusOptions.on_publish_results`` is the alternative that needs no reader task at all.
+    """
+
+    def __init__(self, capacity: int, guard: ReaderGuard | None = None) -> None:
         self._queue: BoundedQueue[T] = BoundedQueue(capacity, resume_at=capacity // 2)
         self._capacity = capacity
+        self._guard = ReaderGuard() if guard is None else guard
         self._write_closed = False
         self._read_closed = False
 
@@ -72,10 +156,16 @@ class ResultChannel(trio.abc.ReceiveChannel[T], Generic[T]):
         self._write_closed = True
         self._queue.close()
 
+    @property
+    def full(self) -> bool:
+        """Whether the buffer holds ``capacity`` results."""
+        return len(self._queue) >= self._capacity
+
     # -- reader side --
 
     def receive_nowait(self) -> T:
-        """Take the oldest result; ``WouldBlock`` when empty, ``EndOfChannel`` after the end of stream."""
+        """Take the oldest result; ``trio.WouldBlock`` when empty, ``trio.EndOfChannel`` after the end of stream
+        (``trio.ClosedResourceError`` after :meth:`aclose`). Never waits, never yields."""
         if self._read_closed:
             raise trio.ClosedResourceError
         return self._queue.get_nowait()
@@ -94,6 +184,23 @@ class ResultChannel(trio.abc.ReceiveChannel[T], Generic[T]):
             return await self._queue.get()  # parked: that was the checkpoint
         await trio.lowlevel.cancel_shielded_checkpoint()
         return item
+
+    def __aiter__(self) -> ResultChannel[T]:
+        """Iterate until the end of the stream; :class:`~trio_eventbus.ResultsReaderError` inside the
+        ``open_bus`` block (see the class docstring)."""
+        if self._guard.task is not None:
+            self._guard.check()
+        return self
+
+    async def __anext__(self) -> T:
+        """The next result (``receive``); ``StopAsyncIteration`` at the end of the stream. Refuses, with
+        :class:`~trio_eventbus.ResultsReaderError`, to wait inside the ``open_bus`` block."""
+        if self._guard.task is not None and not self._queue and not self._write_closed:
+            self._guard.check()
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
         """Stop reading: the bus counts later results as dropped. Always a checkpoint; done even if cancelled."""

@@ -17,6 +17,8 @@ already-handled envelopes are duplicates, not violations).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 import trio
 
@@ -105,8 +107,9 @@ async def restart_scenario(case: BackendCase) -> RestartReport:
     after: set[int] = set()
     sent = 0
 
-    def on_result(result: teb.PublishResult) -> None:
-        results[seq_by_id[result.event_id]] = result.success
+    async def on_results(batch: Sequence[teb.PublishResult]) -> None:
+        for result in batch:
+            results[seq_by_id[result.event_id]] = result.success
 
     async def publish(bus: teb.EventBus) -> int:
         nonlocal sent
@@ -117,7 +120,7 @@ async def restart_scenario(case: BackendCase) -> RestartReport:
         sent += 1
         return n
 
-    options = teb.BusOptions(lanes=8, on_publish_result=on_result)
+    options = teb.BusOptions(lanes=8, on_publish_results=on_results)
     async with running(case), open_watched_bus(case, options) as bus:
         await bus.subscribe_envelope(topic, tracker.handler, group="svc")
         for _ in range(_BEFORE):

@@ -10,6 +10,7 @@ outlive its ``open_bus`` block). A check that needs a feature the case lacks is 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import pytest
 import trio
@@ -499,7 +500,12 @@ class BackendConformance:
         topic = unique_topic(case, "results")
         via_callback: list[teb.PublishResult] = []
         received: list[teb.PublishResult] = []
-        options = teb.BusOptions(on_publish_result=via_callback.append, results_buffer=16, publish_batch=7)
+
+        async def on_results(batch: Sequence[teb.PublishResult]) -> None:
+            assert 0 < len(batch) <= 16
+            via_callback.extend(batch)
+
+        options = teb.BusOptions(on_publish_results=on_results, results_buffer=16, publish_batch=7)
 
         async with running(case), trio.open_nursery() as nursery, open_watched_bus(case, options) as bus:
             nursery.start_soon(collect, bus.publish_results(), received)
