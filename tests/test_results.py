@@ -19,7 +19,6 @@ import trio.testing
 
 import trio_eventbus as teb
 from trio_eventbus._abc import HARD_STOP_GRACE
-from trio_eventbus import ResultsReaderError  # exported as ResultsReaderError by the integrator
 from trio_eventbus.testing import collect
 from trio_eventbus.testing.fake import FakeBackend, FakeConfig
 
@@ -69,7 +68,7 @@ async def test_async_for_in_a_nursery_inside_the_block_raises_instead_of_hanging
             nursery.start_soon(read)
             await bus.publish_envelope("t", env(0))
 
-    with trio.fail_after(5), pytest.raises(ResultsReaderError, match="outside the open_bus block"):
+    with trio.fail_after(5), pytest.raises(teb.ResultsReaderError, match="outside the open_bus block"):
         await service()
     assert got == []
 
@@ -77,7 +76,7 @@ async def test_async_for_in_a_nursery_inside_the_block_raises_instead_of_hanging
 async def test_async_for_in_the_block_task_and_in_nested_nurseries_raises() -> None:
     async with teb.open_bus(teb.MemoryConfig()) as bus:
         results = bus.publish_results()
-        with pytest.raises(ResultsReaderError):
+        with pytest.raises(teb.ResultsReaderError):
             async for _ in results:
                 pass
         errors: list[BaseException] = []
@@ -86,7 +85,7 @@ async def test_async_for_in_the_block_task_and_in_nested_nurseries_raises() -> N
             try:
                 async for _ in results:
                     pass
-            except ResultsReaderError as exc:
+            except teb.ResultsReaderError as exc:
                 errors.append(exc)
 
         async def opens_its_own_nursery() -> None:
