@@ -413,6 +413,18 @@ async def test_backend_exit_scope_is_shielded_and_takes_the_hard_stop_grace_unde
     assert outer.cancelled_caught
 
 
+async def test_backend_exit_scope_keeps_an_earlier_outer_deadline_but_at_least_the_hard_stop_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    for outer_seconds, expected in ((5.0, 5.0), (1.0, HARD_STOP_GRACE), (60.0, CLOSE_DEADLINE)):
+        with trio.move_on_after(outer_seconds):
+            start = trio.current_time()
+            with exit_scope() as scope:
+                await trio.sleep(CLOSE_DEADLINE + 1)
+            assert scope.cancelled_caught
+            assert trio.current_time() - start == pytest.approx(expected), outer_seconds
+
+
 async def test_a_subscription_without_a_group_or_service_is_refused_and_services_each_get_every_message() -> None:
     """Issue 9, row 1: two services subscribing to one topic without ``group=`` silently split the messages.
 

@@ -84,13 +84,19 @@ HARD_STOP_GRACE = 3.0
 
 def exit_scope() -> trio.CancelScope:
     """The shielded scope a backend's exit runs in: ``CLOSE_DEADLINE`` seconds from now, or
-    ``HARD_STOP_GRACE`` seconds when the calling task is being cancelled (the bus's hard stop).
+    ``HARD_STOP_GRACE`` seconds when the calling task is being cancelled (the bus's hard stop). An outer
+    deadline that falls earlier bounds a graceful exit too (never below ``HARD_STOP_GRACE``): a caller's
+    ``trio.move_on_after`` around ``open_bus`` holds for the whole close.
 
     Steps inside it may read ``scope.deadline`` to bound waits on the asyncio side. Code after the scope runs
     even if the deadline cut it short (then outcomes still missing are reported failed by the bus).
     """
-    hard = trio.current_effective_deadline() == -math.inf
-    return trio.CancelScope(shield=True, deadline=trio.current_time() + (HARD_STOP_GRACE if hard else CLOSE_DEADLINE))
+    outer = trio.current_effective_deadline()
+    now = trio.current_time()
+    if outer == -math.inf:
+        return trio.CancelScope(shield=True, deadline=now + HARD_STOP_GRACE)
+    deadline = min(now + CLOSE_DEADLINE, max(outer, now + HARD_STOP_GRACE))
+    return trio.CancelScope(shield=True, deadline=deadline)
 
 
 @attrs.frozen(slots=True, kw_only=True)
