@@ -25,7 +25,9 @@ __all__ = [
     "Validator",
     "boolean",
     "check",
+    "exception_types",
     "group_name",
+    "instance_of",
     "int_at_least",
     "matches",
     "non_empty_str",
@@ -131,6 +133,22 @@ def callables(_inst: Any, attribute: Any, value: Any) -> None:
     """A ``tuple`` of callables (whether each is async is checked where it is called: ``open_bus``)."""
     if not isinstance(value, tuple) or not all(callable(item) for item in value):
         raise _fail(attribute, "a tuple of callables", value)
+
+
+def exception_types(_inst: Any, attribute: Any, value: Any) -> None:
+    """A ``tuple`` of ``Exception`` subclasses (types a handler raises and the retry step catches)."""
+    if not isinstance(value, tuple) or not all(isinstance(t, type) and issubclass(t, Exception) for t in value):
+        raise _fail(attribute, "a tuple of Exception subclasses", value)
+
+
+def instance_of(cls: type) -> Validator:
+    """An instance of ``cls`` (an option value nested in another, such as ``BusOptions.retry``)."""
+
+    def validate(_inst: Any, attribute: Any, value: Any) -> None:
+        if not isinstance(value, cls):
+            raise _fail(attribute, f"a {cls.__name__}", value)
+
+    return validate
 
 
 def optional(validator: Validator) -> Validator:

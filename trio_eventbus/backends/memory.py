@@ -438,3 +438,9 @@ class MemoryBackend:
             fetchers=self._fetchers_alive,
             unsettled=sum(holder == me for _, group in self._subscribed for holder in group.inflight.values()),
         )
+
+    def delivery_info(self, delivery: Delivery) -> Mapping[str, object]:
+        """Raw metadata of ``delivery``: its ``offset`` in the topic's log. Never blocks."""
+        token = delivery.token
+        assert isinstance(token, _Token)
+        return {"offset": token.offset}
