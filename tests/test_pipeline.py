@@ -320,7 +320,8 @@ async def test_dead_lettering_disabled_acks_counts_and_logs(caplog: pytest.LogCa
     assert settled == [(b"x", Disposition.ACK, 0.0)]
     assert published == []
     assert settle.counters.discarded == 1
-    assert "message id-1" in caplog.text and "discarding it (dead-lettering disabled)" in caplog.text
+    assert "message id-1" in caplog.text
+    assert "discarding it (dead-lettering disabled)" in caplog.text
 
 
 async def test_failing_handler_is_dead_lettered_and_the_original_termed() -> None:

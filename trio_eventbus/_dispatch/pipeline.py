@@ -91,9 +91,11 @@ def compose(
                 else:
                     await attempt(delivery, value, delivery.attempt)
             except Exception as exc:
-                await failed(delivery, value, exc)
+                error = exc  # handled outside the except block: retries' errors are not chained to it
             else:
                 handled(delivery)
+                return
+            await failed(delivery, value, error)
 
         return run_parking
 
@@ -109,9 +111,11 @@ def compose(
             else:
                 await attempt(delivery, value, delivery.attempt)
         except Exception as exc:
-            await failed(delivery, value, exc)
+            error = exc  # handled outside the except block: retries' errors are not chained to it
         else:
             handled(delivery)
+            return
+        await failed(delivery, value, error)
 
     return run
 

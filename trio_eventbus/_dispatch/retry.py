@@ -84,9 +84,11 @@ class Retry:
                 return
             counters.retries += 1
             delay = policy.backoff(attempt)
+            group = self._dead_letter.group
             logger.debug(
-                "handler of %r failed on message %s, key %s, attempt %d; retry in %.3fs: %r",
+                "handler of %r (group %r) failed on message %s, key %s, attempt %d; retry in %.3fs: %r",
                 self._topic,
+                group,
                 delivery.message_id,
                 delivery.key,
                 attempt,
@@ -94,6 +96,7 @@ class Retry:
                 error,
                 extra={
                     "topic": self._topic,
+                    "group": group,
                     "message_id": delivery.message_id,
                     "key": delivery.key,
                     "attempt": attempt,
