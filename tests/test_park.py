@@ -122,12 +122,13 @@ async def test_the_parked_set_is_bounded(
             parked = bus.parked_keys("orders", group="billing")
             stats = bus.statistics()
     print("parked", sorted(parked), "handled", app.handled, "dead", [(m.key, m.data) for m in app.dead])
-    assert parked == frozenset({"a", "b"})
-    assert app.handled == [("c", "v3")]  # c could not be parked: it flows, as with "continue"
+    assert len(parked) == 2  # the first two keys that failed (lanes run concurrently: any two)
+    (unparked,) = {"a", "b", "c"} - parked
+    assert app.handled == [(unparked, "v3")]  # it could not be parked: it flows, as with "continue"
     assert stats.parked_keys == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "cannot park" in r.getMessage()]
     assert len(errors) == 1
-    assert "'c'" in errors[0]
+    assert f"cannot park key {unparked!r}" in errors[0]
 
 
 def test_parking_needs_a_dead_letter_topic() -> None:
