@@ -7,12 +7,17 @@ Memory backend; every figure printed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import pytest
 import trio
 import trio.testing
 
 import trio_eventbus as teb
+from trio_eventbus import Disposition
+from trio_eventbus._dispatch.dead_letter import DeadLetter
+from trio_eventbus._dispatch.park import Park
+from trio_eventbus._dispatch.settle import Counters, Settle
 from trio_eventbus._options import DeadLetterPolicy  # exported as teb.DeadLetterPolicy once merged
 
 ONE_ATTEMPT = teb.RetryPolicy(max_attempts=1)
@@ -149,3 +154,20 @@ async def test_release_and_parked_keys_of_unknown_or_non_parking_subscriptions()
         assert not bus.release_key("t", "k", group="g")
         with pytest.raises(teb.InvalidOptionError):
             bus.parked_keys("t")  # no group and no service: which subscription?
+
+
+async def test_a_parked_message_whose_dead_letter_publish_fails_is_nakd_and_not_counted_parked() -> None:
+    counters = Counters()
+    settled: list[tuple[Disposition, float]] = []
+    settle = Settle(lambda d, disposition, delay: settled.append((disposition, delay)), counters)
+    park = Park("orders", "g", 10, counters)
+    assert park.park("k")
+
+    async def publish(topic: str, body: bytes, headers: Mapping[str, str], key: str | None, mid: str | None) -> None:
+        await trio.lowlevel.checkpoint()
+        raise teb.PublishError("broker said no")
+
+    step = DeadLetter("orders", "g", "orders.dlq", publish, settle, 7.0, park=park)
+    await step.divert(teb.Delivery("orders", b"x", {}, "k", "m-1", 1, token=None))
+    assert settled == [(Disposition.NAK, 7.0)]  # comes back later, never acked unstored
+    assert (counters.parked, counters.dead_letter_failed, counters.parked_keys) == (0, 1, 1)

@@ -203,12 +203,13 @@ class DeadLetter:
             delivery.message_id,
             topic,
         )
-        self._settle.counters.parked += 1
-        await self._send(topic, delivery, _PARKED, None, 0)
+        if await self._send(topic, delivery, _PARKED, None, 0):
+            self._settle.counters.parked += 1
 
     async def _send(
         self, topic: str, delivery: Delivery, reason: str, error: BaseException | None, attempts: int
-    ) -> None:
+    ) -> bool:
+        """Publish the dead letter, then TERM the original (``True``); NAK it if the publish failed."""
         headers = dead_letter_headers(
             delivery.headers, topic=self.topic, group=self.group, reason=reason, error=error, attempts=attempts
         )
@@ -224,8 +225,9 @@ class DeadLetter:
                 exc,
             )
             self._settle.dead_letter_failed(delivery, self._delay)
-            return
+            return False
         self._settle.dead_lettered(delivery)
+        return True
 
     def _log_failure(
         self, delivery: Delivery, error: BaseException, attempts: int, reason: str, topic: str | None

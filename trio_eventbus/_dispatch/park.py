@@ -10,6 +10,10 @@ the key's order, and the lane moves on at once: a parked key never blocks its la
 :meth:`Park.release` (the operator's ``EventBus.release_key``) un-parks a key: its messages delivered after
 that are handled again.
 
+The key is parked when the failing message is about to be dead-lettered, before its dead letter is
+published: if that publish fails, the message is nak'ed, comes back, and is then dead-lettered as ``parked``
+(its error is in the ERROR log of the first try).
+
 Bounds: at most ``DeadLetterPolicy.max_parked_keys`` keys per subscription; past it a key is not parked (its
 later messages flow, as with ``after="continue"``) and that is logged at ERROR: the set never grows without
 bound. ``Statistics.parked_keys`` is the number of parked keys right now, ``Statistics.parked`` the messages
