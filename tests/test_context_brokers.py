@@ -63,6 +63,9 @@ class App:
         print("dead", [(m.key, m.headers["X-DLQ-Reason"]) for m in self.dead])
         assert sorted(self.handled) == [("order-1", 1), ("order-2", 1), ("order-2", 2), ("order-2", 3), ("order-3", 1)]
         assert [m.headers["X-DLQ-Reason"] for m in self.dead] == ["non-retryable", "parked"]
+        trace = self.dead[0].headers["X-DLQ-Traceback"]  # carried unchanged by the broker
+        assert " handler | NonRetryableError: bad total" in trace
+        assert "test_context_brokers.py:" in trace
         assert [c[1:3] for c in self.calls if c[0] == "order-1"] == [(1, 1), (2, 1)]  # v3 never ran
         assert [c[1:3] for c in self.calls if c[0] == "order-3"] == [(1, 1), (1, 2)]
 

@@ -5,13 +5,16 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 import textwrap
+import types
 
 import pytest
 import trio
 import trio.testing
 
 import trio_eventbus as teb
+from trio_eventbus.backends.memory import MemoryBackend
 
 # The user's code from the issue: "needed the attempt number, headers or topic in an envelope handler".
 
@@ -151,3 +154,38 @@ def test_mypy_checks_both_handler_shapes(tmp_path: pathlib.Path) -> None:
     errors = [line for line in out.splitlines() if ": error:" in line]
     assert status == 1
     assert sorted({line.split(":")[1] for line in errors}) == ["12", "13"]
+
+
+async def test_delivery_info_is_read_only_when_a_context_is_built() -> None:
+    """The plain path never asks the backend for delivery metadata; ``context=True`` does, once per attempt."""
+    reads = 0
+    code = MemoryBackend.delivery_info.__code__
+
+    def profile(frame: types.FrameType, event: str, arg: object) -> None:
+        nonlocal reads
+        if event == "call" and frame.f_code is code:
+            reads += 1
+
+    async def plain(m: teb.Message) -> None:
+        done.set()
+
+    async def with_ctx(m: teb.Message, ctx: teb.HandlerContext) -> None:
+        done.set()
+
+    counts = []
+    with trio.fail_after(5):
+        for context in (False, True):
+            done = trio.Event()
+            async with teb.open_bus(teb.MemoryConfig()) as bus:
+                if context:
+                    await bus.subscribe("t", with_ctx, group="svc", context=True)
+                else:
+                    await bus.subscribe("t", plain, group="svc")
+                sys.setprofile(profile)
+                try:
+                    await bus.publish("t", b"x", key="k")
+                    await done.wait()
+                finally:
+                    sys.setprofile(None)
+            counts.append(reads)
+    assert counts == [0, 1]
