@@ -111,7 +111,7 @@ def test_every_header_the_bus_writes_is_reserved() -> None:
     written += [getattr(dead_letter, n) for n in dir(dead_letter) if n.startswith("H_")]
     written += [nats_wire.H_MSG_ID, nats_wire.H_KEY, nats_wire.H_ENCODING]
     written += [kafka_wire.H_MESSAGE_ID, kafka_wire.H_EVENT_ID]
-    assert len(written) == 18
+    assert len(written) == 19
     for name in written:
         lower = name.lower()
         assert lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES), name

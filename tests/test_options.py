@@ -14,6 +14,7 @@ from trio_eventbus import _validate
 CLASSES: list[tuple[type[Any], dict[str, Any]]] = [
     (teb.BusOptions, {}),
     (teb.RetryPolicy, {}),
+    (teb.DeadLetterPolicy, {}),
     (teb.TopicOptions, {}),
     (teb.MemoryConfig, {}),
     (teb.NatsConfig, {}),
@@ -40,14 +41,21 @@ BAD: list[tuple[type[Any], str, object]] = [
     (teb.BusOptions, "close_timeout", -0.5),
     (teb.BusOptions, "close_timeout", math.nan),
     (teb.BusOptions, "max_pending_publishes", "10"),
-    (teb.BusOptions, "dead_letter_suffix", ""),
-    (teb.BusOptions, "dead_letter_suffix", ".dl q"),
+    (teb.DeadLetterPolicy, "suffix", ""),
+    (teb.DeadLetterPolicy, "suffix", ".dl q"),
+    (teb.DeadLetterPolicy, "after", "stop"),
+    (teb.DeadLetterPolicy, "max_parked_keys", 0),
+    (teb.BusOptions, "dead_letter", ".dlq"),
+    (teb.BusOptions, "retry", None),
     (teb.BusOptions, "service", "a.b"),
     (teb.BusOptions, "service", ""),
     (teb.RetryPolicy, "max_attempts", 0),
     (teb.RetryPolicy, "initial_backoff", math.inf),
     (teb.RetryPolicy, "multiplier", 0),
     (teb.RetryPolicy, "strategy", "later"),
+    (teb.RetryPolicy, "non_retryable", ValueError),
+    (teb.RetryPolicy, "non_retryable", (ValueError, "TypeError")),
+    (teb.RetryPolicy, "non_retryable", (KeyboardInterrupt,)),
     (teb.TopicOptions, "max_age", 0),
     (teb.TopicOptions, "max_bytes", -5),
     (teb.TopicOptions, "partitions", False),
@@ -84,8 +92,9 @@ def test_bad_values_raise_invalid_option_error_naming_the_field(cls: type[Any], 
 
 
 def test_valid_values_are_kept_as_given() -> None:
-    options = teb.BusOptions(lanes=3, close_timeout=0, dead_letter_suffix=None, service="g-1")
-    assert (options.lanes, options.close_timeout, options.dead_letter_suffix, options.service) == (3, 0, None, "g-1")
+    options = teb.BusOptions(lanes=3, close_timeout=0, dead_letter=teb.DeadLetterPolicy(suffix=None), service="g-1")
+    assert (options.lanes, options.close_timeout, options.dead_letter.suffix, options.service) == (3, 0, None, "g-1")
+    assert teb.RetryPolicy(non_retryable=(ValueError, KeyError)).non_retryable == (ValueError, KeyError)
     assert teb.RetryPolicy(initial_backoff=0, multiplier=1.5, strategy="redeliver").backoff(3) == 0.0
     assert teb.TopicOptions(max_age=0.5, duplicate_window=0).max_age == 0.5
     assert teb.NatsConfig(max_reconnect_attempts=-1, max_deliver=None, stream_prefix="").stream_prefix == ""

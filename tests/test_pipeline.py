@@ -281,6 +281,7 @@ async def test_dead_letter_terms_the_original_only_once_its_publish_is_confirmed
         "X-DLQ-Group": "g",
         "X-DLQ-Reason": "handler-failed",
         "X-DLQ-Error": "KeyError: 'boom'",
+        "X-DLQ-Traceback": "KeyError: 'boom'",  # never raised: no frames
         "X-DLQ-Attempts": "4",
     }
     assert settle.counters.dead_lettered == 1
@@ -319,7 +320,8 @@ async def test_dead_lettering_disabled_acks_counts_and_logs(caplog: pytest.LogCa
     assert settled == [(b"x", Disposition.ACK, 0.0)]
     assert published == []
     assert settle.counters.discarded == 1
-    assert "discarding message id-1" in caplog.text
+    assert "message id-1" in caplog.text
+    assert "discarding it (dead-lettering disabled)" in caplog.text
 
 
 async def test_failing_handler_is_dead_lettered_and_the_original_termed() -> None:

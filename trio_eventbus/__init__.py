@@ -39,10 +39,19 @@ from ._exceptions import (
     InvalidOptionError,
     InvalidTopicError,
     MessageTooLargeError,
+    NonRetryableError,
     PublishError,
     ResultsReaderError,
 )
-from ._options import BusOptions, PublishResult, RetryPolicy, Statistics, TopicOptions, validate_topic
+from ._options import (
+    BusOptions,
+    DeadLetterPolicy,
+    PublishResult,
+    RetryPolicy,
+    Statistics,
+    TopicOptions,
+    validate_topic,
+)
 from ._publish.results import ResultChannel
 from ._statistics import BackendStatistics
 from ._util import fixup_module_metadata
@@ -61,6 +70,7 @@ __all__ = [
     "BusClosedError",
     "BusOptions",
     "CallNext",
+    "DeadLetterPolicy",
     "Envelope",
     "EventBus",
     "EventBusError",
@@ -83,6 +93,7 @@ __all__ = [
     "NatsConfig",
     "NatsStatistics",
     "NatsSubscriptionStatistics",
+    "NonRetryableError",
     "PublishError",
     "PublishResult",
     "ResultChannel",

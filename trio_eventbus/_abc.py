@@ -198,6 +198,10 @@ class Backend(Protocol):
         """Stop every fetcher; the sinks are not called after this returns. Idempotent; the exit of
         :meth:`open` does it too (the bus awaits it first on a graceful close, so lanes can drain)."""
 
+    def delivery_info(self, delivery: Delivery) -> Mapping[str, object]:
+        """The broker's raw metadata of ``delivery`` (``HandlerContext.delivery_info``: offsets, sequences,
+        partition), built only when a handler context is; never blocks, never raises."""
+
     def statistics(self) -> BackendStatistics:
         """A frozen snapshot of live figures: the common ones of :class:`BackendStatistics` under the same names
         on every backend, in a backend-specific subclass that adds its own. Never awaits."""

@@ -51,13 +51,14 @@ import math
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, Protocol
+from typing import Any, Literal, NoReturn, Protocol, overload
 
 import trio
 
 from ._abc import HARD_STOP_GRACE, Backend
 from ._codec import encode_envelope
 from ._dispatch.dispatcher import Dispatcher, Handler, Subscription
+from ._dispatch.middleware import HandlerContext
 from ._envelope import _EMPTY_HEADERS, Envelope, Message, check_key_and_id, freeze_headers
 from ._exceptions import (
     AlreadySubscribedError,
@@ -67,7 +68,16 @@ from ._exceptions import (
     MessageTooLargeError,
 )
 from ._idle import IDLE_POLL_INTERVAL, is_idle
-from ._options import BusOptions, PublishResult, Statistics, TopicOptions, validate_group, validate_topic
+from ._options import (
+    BusOptions,
+    DeadLetterPolicy,
+    PublishResult,
+    RetryPolicy,
+    Statistics,
+    TopicOptions,
+    validate_group,
+    validate_topic,
+)
 from ._publish.pipeline import PublishPipeline
 from ._publish.results import ResultChannel
 from ._topics import TopicRegistry
@@ -413,30 +423,121 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
 
     # -- subscribing -----------------------------------------------------------------------------------------
 
+    @overload
     async def subscribe(
-        self, topic: str, handler: Callable[[Message], Awaitable[object]], *, group: str | None = None
+        self,
+        topic: str,
+        handler: Callable[[Message], Awaitable[object]],
+        *,
+        group: str | None = None,
+        context: Literal[False] = False,
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> None: ...
+
+    @overload
+    async def subscribe(
+        self,
+        topic: str,
+        handler: Callable[[Message, HandlerContext], Awaitable[object]],
+        *,
+        group: str | None = None,
+        context: Literal[True],
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> None: ...
+
+    async def subscribe(
+        self,
+        topic: str,
+        handler: Callable[..., Awaitable[object]],
+        *,
+        group: str | None = None,
+        context: bool = False,
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetterPolicy | None = None,
     ) -> None:
         """Handle every message of ``topic`` with ``handler(Message)`` (an async function).
 
         Ordering, retries and dead letters as described in :mod:`trio_eventbus._dispatch`. Within ``group``
         (default ``BusOptions.service``; one of them is required, else :class:`InvalidOptionError`) each message
         goes to one subscriber; each group gets every message.
-        Raises :class:`AlreadySubscribedError` for a second subscription of this bus to (topic, group).
-        The first use of a topic provisions it on the broker.
+
+        ``context=True``: the handler is ``async def handler(message, ctx)`` and gets a
+        :class:`HandlerContext` as well (topic, group, attempt, headers, key, message id and the broker's raw
+        ``delivery_info``); without it no context is built. ``retry`` (a :class:`RetryPolicy`) and
+        ``dead_letter`` (a :class:`DeadLetterPolicy`) replace ``BusOptions.retry`` / ``BusOptions.dead_letter``
+        for this subscription: its own attempts, backoff and non-retryable types, its own dead-letter suffix,
+        and whether a key is parked after a dead letter (see :meth:`parked_keys`, :meth:`release_key`).
+
+        Raises :class:`AlreadySubscribedError` for a second subscription of this bus to (topic, group),
+        :class:`InvalidHandlerError` for a handler that is not async, :class:`InvalidOptionError` for a policy of
+        the wrong type. The first use of a topic provisions it on the broker.
 
         Always a checkpoint. Cancellation: if it raises ``Cancelled``, this bus records no subscription for
         (topic, group), so subscribing again is allowed (a cancel during the broker call may leave the topic, or
         a broker-side consumer, created); once it returns, messages flow to ``handler``.
         """
-        await self._subscribe(topic, handler, group, envelopes=False)
+        await self._subscribe(
+            topic, handler, group, envelopes=False, context=context, retry=retry, dead_letter=dead_letter
+        )
+
+    @overload
+    async def subscribe_envelope(
+        self,
+        topic: str,
+        handler: Callable[[Envelope], Awaitable[object]],
+        *,
+        group: str | None = None,
+        context: Literal[False] = False,
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> None: ...
+
+    @overload
+    async def subscribe_envelope(
+        self,
+        topic: str,
+        handler: Callable[[Envelope, HandlerContext], Awaitable[object]],
+        *,
+        group: str | None = None,
+        context: Literal[True],
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> None: ...
 
     async def subscribe_envelope(
-        self, topic: str, handler: Callable[[Envelope], Awaitable[object]], *, group: str | None = None
+        self,
+        topic: str,
+        handler: Callable[..., Awaitable[object]],
+        *,
+        group: str | None = None,
+        context: bool = False,
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetterPolicy | None = None,
     ) -> None:
         """Like :meth:`subscribe`, decoding each message into an :class:`Envelope` (undecodable ones are
-        dead-lettered at once); envelopes of one aggregate are handled in publish order. A checkpoint, with the
-        cancellation semantics of :meth:`subscribe`."""
-        await self._subscribe(topic, handler, group, envelopes=True)
+        dead-lettered at once); envelopes of one aggregate are handled in publish order. ``context=True``:
+        ``async def handler(envelope, ctx)``; ``retry`` and ``dead_letter`` as in :meth:`subscribe`. A
+        checkpoint, with the cancellation semantics of :meth:`subscribe`."""
+        await self._subscribe(
+            topic, handler, group, envelopes=True, context=context, retry=retry, dead_letter=dead_letter
+        )
+
+    def parked_keys(self, topic: str, *, group: str | None = None) -> frozenset[str]:
+        """The keys parked right now on this bus's subscription to ``(topic, group)``: their messages go to the
+        dead-letter topic unhandled (``DeadLetterPolicy(after="park")``). Empty for a subscription that does not
+        park, or that this bus does not have. The set lives in this bus instance (a restart forgets it; the
+        parked messages are safe in the dead-letter topic). ``group`` defaults to ``BusOptions.service``."""
+        sub = self._subscriptions.get((validate_topic(topic), self._group(topic, group)))
+        return frozenset() if sub is None or sub.park is None else sub.park.snapshot()
+
+    def release_key(self, topic: str, key: str, *, group: str | None = None) -> bool:
+        """Release a parked ``key`` of this bus's subscription to ``(topic, group)``: its messages delivered
+        from now on are handled again (those already dead-lettered stay in the dead-letter topic: replay them
+        from there if needed). Returns ``False`` when the key was not parked. Synchronous, never blocks."""
+        sub = self._subscriptions.get((validate_topic(topic), self._group(topic, group)))
+        return sub is not None and sub.park is not None and sub.park.release(key)
 
     def _group(self, topic: str, group: str | None) -> str:
         """The consumer group of a subscription: ``group``, else ``BusOptions.service``, else an error."""
@@ -450,12 +551,24 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             "messages, every group gets every message"
         )
 
-    async def _subscribe(self, topic: str, handler: Handler, group: str | None, *, envelopes: bool) -> None:
+    async def _subscribe(
+        self,
+        topic: str,
+        handler: Handler,
+        group: str | None,
+        *,
+        envelopes: bool,
+        context: bool,
+        retry: RetryPolicy | None,
+        dead_letter: DeadLetterPolicy | None,
+    ) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         validate_topic(topic)
         group = self._group(topic, group)
-        sub = self._dispatcher.subscription(topic, group, handler, envelopes=envelopes)
+        sub = self._dispatcher.subscription(
+            topic, group, handler, envelopes=envelopes, context=context, retry=retry, dead_letter=dead_letter
+        )
         if (topic, group) in self._subscriptions:
             raise AlreadySubscribedError(f"this bus already subscribes to {topic!r} in group {group!r}")
         self._subscriptions[(topic, group)] = sub
@@ -507,6 +620,8 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             discarded=c.discarded,
             undecodable=c.undecodable,
             redelivered=c.redelivered,
+            parked=c.parked,
+            parked_keys=c.parked_keys,
             in_flight=d.in_flight,
             lane_depth_max=max(depths, default=0),
             lanes_busy=d.lanes.busy,

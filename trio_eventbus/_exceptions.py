@@ -22,6 +22,7 @@ __all__ = [
     "InvalidOptionError",
     "InvalidTopicError",
     "MessageTooLargeError",
+    "NonRetryableError",
     "PublishError",
     "ResultsReaderError",
     "map_exceptions",
@@ -96,6 +97,18 @@ class AlreadySubscribedError(EventBusError):
 
 class HandlerError(EventBusError):
     """A handler kept failing; carried in dead-letter headers and statistics, never raised to publishers."""
+
+
+class NonRetryableError(HandlerError):
+    """Raised by a handler to say "retrying will not help" (a validation error, say): the message is
+    dead-lettered at once (``X-DLQ-Reason: non-retryable``), with no further attempt and no backoff sleep::
+
+        try:
+            order = Order.parse(envelope.payload)
+        except ValueError as exc:
+            raise teb.NonRetryableError("bad total") from exc
+
+    ``RetryPolicy.non_retryable`` does the same for exception types a handler raises itself."""
 
 
 #: Native exception class (or tuple of classes) -> the bus error it becomes; the first match wins (order matters:

@@ -1,4 +1,5 @@
-"""Frozen option and result values: BusOptions, RetryPolicy, TopicOptions, PublishResult, Statistics.
+"""Frozen option and result values: BusOptions, RetryPolicy, DeadLetterPolicy, TopicOptions, PublishResult,
+Statistics.
 
 Every value is an immutable attrs class; change one with ``attrs.evolve``. Sizes are validated at
 construction and raise :class:`InvalidOptionError` (a ``ValueError``), so a bad option never reaches a
@@ -14,11 +15,13 @@ from typing import Literal
 import attrs
 
 from . import _validate as v
+from ._exceptions import InvalidOptionError
 from ._statistics import BackendStatistics
 from ._validate import validate_group, validate_topic
 
 __all__ = [
     "BusOptions",
+    "DeadLetterPolicy",
     "PublishResult",
     "RetryPolicy",
     "Statistics",
@@ -47,6 +50,12 @@ class RetryPolicy:
     per-key order (later messages of the same key wait) and blocks no other lane. ``strategy="redeliver"``
     hands the message back to the broker (nak with the backoff delay) and frees the lane at once: other
     messages of the same key may overtake it. Backends without redelivery support use in-place retries.
+
+    ``non_retryable``: exception types (``Exception`` subclasses, matched with ``isinstance``) that are never
+    retried: the first attempt that raises one is dead-lettered at once (reason ``non-retryable``), with no
+    backoff sleep, so the lane is freed immediately. A handler can also say so itself by raising
+    :class:`~trio_eventbus.NonRetryableError` (``raise teb.NonRetryableError("bad total") from exc``), whatever
+    the policy. The backoff is capped at ``max_backoff`` however large ``multiplier`` is (never an overflow).
     """
 
     max_attempts: int = attrs.field(default=5, validator=_positive_int)
@@ -56,13 +65,52 @@ class RetryPolicy:
     strategy: Literal["in_place", "redeliver"] = attrs.field(
         default="in_place", validator=v.one_of("in_place", "redeliver")
     )
+    non_retryable: tuple[type[Exception], ...] = attrs.field(default=(), validator=v.exception_types)
 
     def backoff(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        """Seconds to wait after failed attempt ``attempt`` (1-based), at most ``max_backoff``."""
         if self.initial_backoff == 0:
             return 0.0
         exponent = min(attempt - 1, 64)
-        return float(min(self.initial_backoff * self.multiplier**exponent, self.max_backoff))
+        try:
+            delay = self.initial_backoff * self.multiplier**exponent
+        except OverflowError:  # multiplier**exponent beyond a float: far beyond any max_backoff
+            return float(self.max_backoff)
+        return float(min(delay, self.max_backoff))
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class DeadLetterPolicy:
+    """Where a message goes once it will not be handled, and what happens to its key afterwards.
+
+    - ``suffix``: dead letters of ``topic`` go to ``topic + suffix`` (``.dlq``). ``None`` disables
+      dead-lettering: a message that exhausts its attempts is then acked, logged at ERROR with its traceback
+      and counted in ``Statistics.discarded`` (never silently).
+    - ``after``: what happens to a key after one of its messages was dead-lettered. ``"continue"`` (default):
+      its later messages are handled as usual (the failed one is simply missing from the key's sequence).
+      ``"park"``: the key is parked on this subscription: its later messages are not handled; each goes, in
+      order, to the same dead-letter topic with ``X-DLQ-Reason: parked`` and is settled (TERM), so it never
+      blocks the lane or other keys, until an operator calls :meth:`EventBus.release_key`. Keyless messages
+      are never parked. Parking needs a dead-letter topic (``suffix`` not ``None``).
+    - ``max_parked_keys``: the most keys one subscription parks; past it, a key whose message was
+      dead-lettered is logged at ERROR and not parked (its later messages flow), rather than let the set grow.
+
+    The parked set lives in the bus instance: a restart (or another instance of the group) does not know it,
+    so later messages of a parked key are handled there again; the parked messages themselves are safe in the
+    dead-letter topic. With ``RetryPolicy(strategy="redeliver")`` later messages of a key may overtake the
+    failing one before it is dead-lettered (as they may without parking).
+    """
+
+    suffix: str | None = attrs.field(default=".dlq", validator=_dead_letter_suffix)
+    after: Literal["continue", "park"] = attrs.field(default="continue", validator=v.one_of("continue", "park"))
+    max_parked_keys: int = attrs.field(default=10_000, validator=_positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        if self.after == "park" and self.suffix is None:
+            raise InvalidOptionError(
+                "after='park' must have a dead-letter topic (suffix=None discards): the parked messages are kept there",
+                field="after",
+            )
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -114,10 +162,10 @@ class BusOptions:
 
     - ``lanes``/``lane_buffer``: keyed lanes (one task each) and the bounded queue in front of each.
     - ``workers``/``worker_buffer``: tasks and the shared bounded queue for keyless messages.
-    - ``retry``: the :class:`RetryPolicy` for failing handlers.
-    - ``dead_letter_suffix``: dead letters of ``topic`` go to ``topic + suffix``; ``None`` disables
-      dead-lettering: a message that exhausts its attempts is then acked, logged at ERROR with its error and
-      counted in ``Statistics.discarded`` (never silently).
+    - ``retry``: the :class:`RetryPolicy` for failing handlers (a subscription may pass its own, ``retry=``).
+    - ``dead_letter``: the :class:`DeadLetterPolicy`: dead-letter topic suffix (``None`` disables
+      dead-lettering: discard, logged and counted) and what happens to a key after a dead letter (a
+      subscription may pass its own, ``dead_letter=``).
     - ``close_timeout``: seconds that a graceful close waits for handlers and pending publishes.
     - ``max_pending_publishes``: the in-flight publish window; ``publish`` waits while it is full.
     - ``max_pending_bytes``: the same window in bytes: ``publish`` also waits (``publish_nowait`` raises
@@ -148,8 +196,8 @@ class BusOptions:
     lane_buffer: int = attrs.field(default=64, validator=_positive_int)
     workers: int = attrs.field(default=16, validator=_positive_int)
     worker_buffer: int = attrs.field(default=256, validator=_positive_int)
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
-    dead_letter_suffix: str | None = attrs.field(default=".dlq", validator=_dead_letter_suffix)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=v.instance_of(RetryPolicy))
+    dead_letter: DeadLetterPolicy = attrs.field(factory=DeadLetterPolicy, validator=v.instance_of(DeadLetterPolicy))
     close_timeout: float = attrs.field(default=10.0, validator=_non_negative_float)
     max_pending_publishes: int = attrs.field(default=10_000, validator=_positive_int)
     publish_batch: int = attrs.field(default=500, validator=_positive_int)
@@ -191,7 +239,8 @@ class Statistics:
     handler_errors: int
     #: Retries of failed handler calls (in place or by redelivery).
     retries: int
-    #: Messages sent to their dead-letter topic after their last attempt (or as undecodable).
+    #: Messages sent to their dead-letter topic after their last attempt (or as undecodable, non-retryable or
+    #: parked).
     dead_lettered: int
     #: Dead-letter publishes that failed (the message is nak'ed and redelivered later).
     dead_letter_failed: int
@@ -201,6 +250,10 @@ class Statistics:
     undecodable: int
     #: Deliveries the broker made more than once (``attempt > 1``).
     redelivered: int
+    #: Messages of parked keys sent to the dead-letter topic unhandled (``DeadLetterPolicy(after="park")``).
+    parked: int
+    #: Keys parked right now, over every subscription (see :meth:`EventBus.parked_keys`).
+    parked_keys: int
     #: Deliveries a lane or worker task is processing right now.
     in_flight: int
     #: Deepest lane queue right now.

@@ -28,7 +28,9 @@ __all__ = [
     "at_least_field",
     "boolean",
     "check",
+    "exception_types",
     "group_name",
+    "instance_of",
     "int_at_least",
     "matches",
     "non_empty_str",
@@ -154,6 +156,22 @@ def at_least_field(other: str) -> Validator:
         low = getattr(inst, other)
         if value < low:
             raise _fail(attribute, f"at least {other} ({low})", value)
+
+    return validate
+
+
+def exception_types(_inst: Any, attribute: Any, value: Any) -> None:
+    """A ``tuple`` of ``Exception`` subclasses (types a handler raises and the retry step catches)."""
+    if not isinstance(value, tuple) or not all(isinstance(t, type) and issubclass(t, Exception) for t in value):
+        raise _fail(attribute, "a tuple of Exception subclasses", value)
+
+
+def instance_of(cls: type) -> Validator:
+    """An instance of ``cls`` (an option value nested in another, such as ``BusOptions.retry``)."""
+
+    def validate(_inst: Any, attribute: Any, value: Any) -> None:
+        if not isinstance(value, cls):
+            raise _fail(attribute, f"a {cls.__name__}", value)
 
     return validate
 

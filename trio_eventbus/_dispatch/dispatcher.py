@@ -3,7 +3,8 @@
 The per-delivery procedure (decode, handler, retries, dead letters, acks) and its ordering and cancellation
 semantics are described in :mod:`trio_eventbus._dispatch`; this module wires the pieces:
 :meth:`Dispatcher.subscription` composes a subscription's pipeline (:func:`.pipeline.compose`) over the bus's
-backend (``settle``), publisher (dead letters) and options (retry policy, dead-letter suffix, middleware), and
+backend (``settle``, ``delivery_info``), publisher (dead letters) and options (the retry and dead-letter
+policies, the subscription's own or the bus's, and middleware), and
 :class:`.router.Router` runs every subscription's deliveries on the shared lanes and workers.
 """
 
@@ -15,11 +16,13 @@ from typing import cast
 import trio
 
 from .._abc import Backend, Delivery
-from .._options import BusOptions
+from .._exceptions import InvalidOptionError
+from .._options import BusOptions, DeadLetterPolicy, RetryPolicy
 from .._publish.pipeline import PublishPipeline
 from .dead_letter import DeadLetter, dead_letter_topic
 from .lanes import KeyedLanes
-from .middleware import Handler, Middleware, check_async
+from .middleware import Describe, Handler, Middleware, check_async
+from .park import Park
 from .pipeline import Subscription, compose
 from .router import Router
 from .settle import Counters, Settle
@@ -45,7 +48,8 @@ class Dispatcher:
             check_async(middleware, "middleware")
         self._middleware = cast(tuple[Middleware, ...], options.middleware)  # checked async just above
         self._options = options
-        self._redeliver = options.retry.strategy == "redeliver" and backend.features.redelivers
+        self._redelivers = backend.features.redelivers
+        self._describe: Describe | None = getattr(backend, "delivery_info", None)
         self._publisher = publisher
         self._ensure_topic = ensure_topic
         self.counters = Counters()
@@ -73,28 +77,55 @@ class Dispatcher:
         """Start every lane and worker task."""
         await self.router.start(nursery)
 
-    def subscription(self, topic: str, group: str, handler: Handler, *, envelopes: bool) -> Subscription:
-        """A new subscription routed through this dispatcher (validates the handler and DLQ name)."""
+    def subscription(
+        self,
+        topic: str,
+        group: str,
+        handler: Handler,
+        *,
+        envelopes: bool,
+        context: bool = False,
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> Subscription:
+        """A new subscription routed through this dispatcher: ``retry`` and ``dead_letter`` override the bus's
+        policies. Validates the handler, the policies' types and the DLQ name (typed errors, at the call)."""
         check_async(handler)
-        options = self._options
-        dead_letter = DeadLetter(
+        if not isinstance(context, bool):
+            raise InvalidOptionError(f"context must be a bool, got {context!r}", field="context")
+        if retry is None:
+            retry = self._options.retry
+        elif not isinstance(retry, RetryPolicy):
+            raise InvalidOptionError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
+        if dead_letter is None:
+            dead_letter = self._options.dead_letter
+        elif not isinstance(dead_letter, DeadLetterPolicy):
+            raise InvalidOptionError(
+                f"dead_letter must be a DeadLetterPolicy or None, got {dead_letter!r}", field="dead_letter"
+            )
+        park = Park(topic, group, dead_letter.max_parked_keys, self.counters) if dead_letter.after == "park" else None
+        step = DeadLetter(
             topic,
             group,
-            dead_letter_topic(topic, options.dead_letter_suffix),
+            dead_letter_topic(topic, dead_letter.suffix),
             self._publish_dead_letter,
             self._settle,
-            options.retry.max_backoff,
+            retry.max_backoff,
+            park=park,
+            envelopes=envelopes,
         )
         run = compose(
             handler,
             envelopes=envelopes,
             middleware=self._middleware,
-            retry=options.retry,
-            redeliver=self._redeliver,
-            dead_letter=dead_letter,
+            retry=retry,
+            redeliver=retry.strategy == "redeliver" and self._redelivers,
+            dead_letter=step,
             settle=self._settle,
+            context=context,
+            describe=self._describe,
         )
-        return Subscription(topic, group, run, self.router)
+        return Subscription(topic, group, run, self.router, park)
 
     async def _publish_dead_letter(
         self, topic: str, body: bytes, headers: Mapping[str, str], key: str | None, message_id: str | None

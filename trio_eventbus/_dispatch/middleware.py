@@ -34,16 +34,21 @@ Cancellation. A hard stop or the close deadline cancels the handler and the midd
 never ``BaseException``); the message is then nak'ed and redelivered later. So an inbox must record a message
 as processed only after ``call_next()`` returned, together with the handler's effects.
 
-Cost. Only a subscription of a bus with middleware builds a :class:`HandlerContext` (once per attempt) and
-the chain's links; without middleware the handler is awaited directly, as if this module did not exist.
+Handler context. A subscription with ``context=True`` calls its handler as ``handler(value, ctx)`` with the
+same :class:`HandlerContext` the middleware sees (the handler is the innermost link of the chain).
+
+Cost. Only a subscription with middleware or ``context=True`` builds a :class:`HandlerContext` (once per
+attempt, ``delivery_info`` included) and the chain's links; otherwise the handler is awaited directly, as if
+this module did not exist.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import types
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -51,10 +56,14 @@ from .._abc import Delivery
 from .._exceptions import InvalidHandlerError
 from .decode import Value
 
-__all__ = ["Attempt", "CallNext", "Handler", "HandlerContext", "Middleware", "chain", "check_async"]
+__all__ = ["Attempt", "CallNext", "Describe", "Handler", "HandlerContext", "Middleware", "chain", "check_async"]
 
-#: A subscription's handler: ``await handler(message_or_envelope)``; its return value is ignored.
-Handler = Callable[[Any], Awaitable[object]]
+#: A subscription's handler: ``await handler(message_or_envelope)`` (or ``handler(value, ctx)`` with
+#: ``context=True``); its return value is ignored.
+Handler = Callable[..., Awaitable[object]]
+#: ``describe(delivery)``: the backend's raw delivery metadata (``Backend.delivery_info``).
+Describe = Callable[[Delivery], Mapping[str, object]]
+_NO_INFO: Mapping[str, object] = types.MappingProxyType({})
 
 
 class CallNext(Protocol):
@@ -65,12 +74,18 @@ class CallNext(Protocol):
 
 @attrs.frozen(slots=True, kw_only=True)
 class HandlerContext:
-    """What a middleware knows about the attempt it wraps (one value per attempt, immutable).
+    """What a middleware, or a handler subscribed with ``context=True``, knows about the attempt (one value
+    per attempt, immutable).
 
     ``message`` is the value the handler gets: a :class:`~trio_eventbus.Message` (``subscribe``) or an
     :class:`~trio_eventbus.Envelope` (``subscribe_envelope``). ``attempt`` counts broker deliveries and
     in-place retries from 1. ``headers``, ``key`` and ``message_id`` are the delivery's (for an envelope:
     its wire headers, its ``aggregate_id`` and its ``event_id``). ``group`` is the consumer group.
+
+    ``delivery_info`` is the broker's raw metadata of this delivery, read-only, backend-specific (for logs
+    and debugging; do not build logic on it across backends): memory ``offset``; NATS JetStream ``stream``,
+    ``consumer``, ``stream_seq``, ``consumer_seq``, ``num_delivered``, ``num_pending`` (empty for core NATS,
+    ephemeral topics); Kafka ``partition``, ``offset``.
     """
 
     topic: str
@@ -80,6 +95,7 @@ class HandlerContext:
     headers: Mapping[str, str]
     key: str | None
     message_id: str | None
+    delivery_info: Mapping[str, object] = _NO_INFO
 
 
 class Middleware(Protocol):
@@ -103,20 +119,33 @@ def check_async(fn: object, what: str = "handler") -> None:
     raise InvalidHandlerError(f"{what} must be an async function, got {fn!r}")
 
 
-def chain(middleware: Sequence[Middleware], handler: Handler, topic: str, group: str) -> Attempt:
-    """One attempt through ``middleware`` (outermost first) around ``handler``, composed once.
+def _no_info(delivery: Delivery) -> Mapping[str, object]:
+    return _NO_INFO
+
+
+def chain(
+    middleware: Sequence[Middleware],
+    handler: Handler,
+    topic: str,
+    group: str,
+    *,
+    context: bool = False,
+    describe: Describe = _no_info,
+) -> Attempt:
+    """One attempt through ``middleware`` (outermost first) around ``handler``, composed once; ``context``:
+    the handler takes ``(value, ctx)``; ``describe`` gives a delivery's ``HandlerContext.delivery_info``.
 
     Each link is a plain function returning its middleware's coroutine, so the chain adds no frame of its own
     per attempt: a context, one ``functools.partial`` per middleware, and the middlewares' own frames.
     """
-    if not middleware:
+    if not middleware and not context:
 
         def bare(delivery: Delivery, value: Value, attempt: int) -> Awaitable[object]:
             return handler(value)
 
         return bare
 
-    call: _Call = _innermost(handler)
+    call: _Call = _innermost_with_context(handler) if context else _innermost(handler)
     for mw in reversed(middleware):
         call = _link(mw, call)
     first = call
@@ -130,6 +159,7 @@ def chain(middleware: Sequence[Middleware], handler: Handler, topic: str, group:
             headers=delivery.headers,
             key=delivery.key,
             message_id=delivery.message_id,
+            delivery_info=describe(delivery),
         )
         return first(ctx)
 
@@ -139,6 +169,13 @@ def chain(middleware: Sequence[Middleware], handler: Handler, topic: str, group:
 def _innermost(handler: Handler) -> _Call:
     def call(ctx: HandlerContext) -> Awaitable[object]:
         return handler(ctx.message)
+
+    return call
+
+
+def _innermost_with_context(handler: Handler) -> _Call:
+    def call(ctx: HandlerContext) -> Awaitable[object]:
+        return handler(ctx.message, ctx)
 
     return call
 

@@ -5,15 +5,20 @@ the retry step re-runs the attempt and hands an exhausted delivery to the dead-l
 the settle step. The composition is built once per subscription (:func:`compose`), never per message::
 
     run(delivery)                          one coroutine per delivery, awaited by its lane or worker
+      parked key?   (.park)                only with DeadLetterPolicy(after="park"): dead-letter unhandled
       decode        (.decode)              Message / Envelope; undecodable -> dead-letter at once
-      attempt       (.middleware)          BusOptions.middleware around the handler (or the bare handler)
+      attempt       (.middleware)          BusOptions.middleware around the handler (or the bare handler);
+                                           context=True: handler(value, ctx)
       settle        (.settle)              returned: ACK (handled)
-      raised: retry (.retry)               in place (sleep, attempt again) or redeliver (NAK + backoff)
+      raised: retry (.retry)               non-retryable: dead-letter at once; in place (sleep, attempt
+                                           again) or redeliver (NAK + backoff)
         exhausted:  dead-letter (.dead_letter)   publish <topic>.dlq, confirmed, then TERM; failed: NAK
 
 The success path costs one frame besides the handler's (``run`` itself: decode, the handler call and the
 settlement are plain calls inside it); the steps that act on failure (retry, dead-letter) are entered only
-when an attempt raised. With no middleware configured the handler is awaited directly.
+when an attempt raised. With no middleware and no ``context=True`` the handler is awaited directly, and a
+subscription that does not park keys gets a ``run`` without the parked-key check: the plain path pays for
+neither feature.
 
 Guarantees (see :mod:`trio_eventbus._dispatch` for the whole procedure): a delivery is settled exactly once,
 as the last action of the step that settles it; acked only when handled, dead-lettered or discarded by
@@ -32,7 +37,8 @@ from .._exceptions import InvalidEnvelopeError
 from .._options import RetryPolicy
 from .dead_letter import DeadLetter
 from .decode import Undecodable, decoder
-from .middleware import Handler, Middleware, chain
+from .middleware import Describe, Handler, Middleware, chain
+from .park import Park
 from .retry import Retry
 from .router import Router, Run
 from .settle import Settle
@@ -49,16 +55,49 @@ def compose(
     redeliver: bool,
     dead_letter: DeadLetter,
     settle: Settle,
+    context: bool = False,
+    describe: Describe | None = None,
 ) -> Run:
     """The pipeline ``run(delivery)`` of one subscription (see the module docstring)."""
     decode = decoder(envelopes)
     undecodable = Undecodable(dead_letter, settle.counters)
-    attempt = chain(middleware, handler, dead_letter.topic, dead_letter.group)
+    if describe is None:
+        attempt = chain(middleware, handler, dead_letter.topic, dead_letter.group, context=context)
+    else:
+        attempt = chain(middleware, handler, dead_letter.topic, dead_letter.group, context=context, describe=describe)
     failed = Retry(
         retry, redeliver=redeliver, attempt=attempt, dead_letter=dead_letter, settle=settle, topic=dead_letter.topic
     )
     handled = settle.handled
-    direct = not middleware
+    direct = not middleware and not context
+    park = dead_letter.park
+    if park is not None:
+        parked = park.keys
+        divert = dead_letter.divert
+
+        async def run_parking(delivery: Delivery) -> None:
+            key = delivery.key
+            if parked and key in parked:
+                await divert(delivery)
+                return
+            try:
+                value = decode(delivery)
+            except InvalidEnvelopeError as exc:
+                await undecodable(delivery, exc)
+                return
+            try:
+                if direct:
+                    await handler(value)
+                else:
+                    await attempt(delivery, value, delivery.attempt)
+            except Exception as exc:
+                error = exc  # handled outside the except block: retries' errors are not chained to it
+            else:
+                handled(delivery)
+                return
+            await failed(delivery, value, error)
+
+        return run_parking
 
     async def run(delivery: Delivery) -> None:
         try:
@@ -72,21 +111,25 @@ def compose(
             else:
                 await attempt(delivery, value, delivery.attempt)
         except Exception as exc:
-            await failed(delivery, value, exc)
+            error = exc  # handled outside the except block: retries' errors are not chained to it
         else:
             handled(delivery)
+            return
+        await failed(delivery, value, error)
 
     return run
 
 
 @attrs.define(slots=True, eq=False)
 class Subscription:
-    """One (topic, group) subscription of a bus: its composed pipeline, and the backend's delivery sink."""
+    """One (topic, group) subscription of a bus: its composed pipeline, and the backend's delivery sink;
+    ``park`` holds its parked keys (``DeadLetterPolicy(after="park")``, else ``None``)."""
 
     topic: str
     group: str
     run: Run
     router: Router
+    park: Park | None = None
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> None:
         """Route each delivery to its lane (by key) or to the worker pool; waits while they are full."""

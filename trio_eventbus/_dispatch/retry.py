@@ -1,15 +1,22 @@
-"""The retry step: what follows a failed attempt, per ``RetryPolicy``.
+"""The retry step: what follows a failed attempt, per the subscription's ``RetryPolicy``.
 
 The pipeline (:mod:`.pipeline`) makes the first attempt itself; when it raises an ``Exception``,
 :class:`Retry` takes over (``handler_errors += 1`` per failed attempt):
 
+- a non-retryable error (:class:`~trio_eventbus.NonRetryableError`, or an instance of one of
+  ``RetryPolicy.non_retryable``): the dead-letter step at once, reason ``non-retryable``, with no backoff
+  sleep (the lane is freed as soon as the dead letter is stored);
 - attempts left, ``strategy="in_place"`` (or a backend that cannot redeliver): ``retries += 1``, sleep the
   backoff in the lane or worker that holds the delivery (per-key order is kept: later messages of the key
   wait; other lanes keep running), then attempt again, with the attempt number one higher (a ``Message`` is
-  rebuilt with the new ``delivery_attempt``; middleware sees it as ``HandlerContext.attempt``). Success: ACK.
+  rebuilt with the new ``delivery_attempt``; middleware and context handlers see it as
+  ``HandlerContext.attempt``). Success: ACK.
 - attempts left, ``strategy="redeliver"``: ``retries += 1``, NAK with the backoff delay and free the lane at
   once (later messages of the key may overtake it); the broker redelivers it with ``attempt + 1``.
 - after ``max_attempts`` failed attempts: the dead-letter step, reason ``handler-failed``.
+
+Each retry is logged at DEBUG with its error; the final failure is logged by the dead-letter step (ERROR,
+with the traceback).
 
 Cancellation: a cancel during the backoff sleep or a retry propagates; the lane naks the delivery.
 """
@@ -23,6 +30,7 @@ import trio
 
 from .._abc import Delivery
 from .._envelope import Message
+from .._exceptions import NonRetryableError
 from .._options import RetryPolicy
 from .dead_letter import DeadLetter
 from .decode import Value
@@ -41,7 +49,7 @@ class Retry:
     ``"redeliver"`` strategy (only when the policy asks for it and the backend redelivers).
     """
 
-    __slots__ = ("_attempt", "_dead_letter", "_policy", "_redeliver", "_settle", "_topic")
+    __slots__ = ("_attempt", "_dead_letter", "_fatal", "_policy", "_redeliver", "_settle", "_topic")
 
     def __init__(
         self,
@@ -54,6 +62,7 @@ class Retry:
         topic: str,
     ) -> None:
         self._policy = policy
+        self._fatal: tuple[type[Exception], ...] = (NonRetryableError, *policy.non_retryable)
         self._redeliver = redeliver
         self._attempt = attempt
         self._dead_letter = dead_letter
@@ -67,13 +76,32 @@ class Retry:
         counters = self._settle.counters
         while True:
             counters.handler_errors += 1
+            if isinstance(error, self._fatal):
+                await self._dead_letter(delivery, error, attempt, "non-retryable")
+                return
             if attempt >= policy.max_attempts:
-                logger.warning("handler for %r failed %d times, dead-lettering: %r", self._topic, attempt, error)
                 await self._dead_letter(delivery, error, attempt, "handler-failed")
                 return
             counters.retries += 1
             delay = policy.backoff(attempt)
-            logger.debug("handler for %r failed (attempt %d), retry in %.3fs: %r", self._topic, attempt, delay, error)
+            group = self._dead_letter.group
+            logger.debug(
+                "handler of %r (group %r) failed on message %s, key %s, attempt %d; retry in %.3fs: %r",
+                self._topic,
+                group,
+                delivery.message_id,
+                delivery.key,
+                attempt,
+                delay,
+                error,
+                extra={
+                    "topic": self._topic,
+                    "group": group,
+                    "message_id": delivery.message_id,
+                    "key": delivery.key,
+                    "attempt": attempt,
+                },
+            )
             if self._redeliver:
                 self._settle.redeliver(delivery, delay)
                 return

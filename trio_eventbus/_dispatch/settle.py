@@ -41,7 +41,8 @@ class Counters:
     """The dispatch counters (mutable; the bus copies them into ``Statistics``). Each step counts its own:
 
     ``redelivered`` (router: deliveries with ``attempt > 1``), ``undecodable`` (decode), ``handler_errors``
-    and ``retries`` (retry), and the settlements (:class:`Settle`).
+    and ``retries`` (retry), ``parked`` and the gauge ``parked_keys`` (:mod:`.park`), and the settlements
+    (:class:`Settle`).
     """
 
     handled: int = 0
@@ -52,6 +53,8 @@ class Counters:
     discarded: int = 0
     undecodable: int = 0
     redelivered: int = 0
+    parked: int = 0
+    parked_keys: int = 0
 
 
 class Settle:

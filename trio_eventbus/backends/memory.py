@@ -449,3 +449,9 @@ class MemoryBackend:
             total += max(0, topic.end - max(group.next, base)) + len(group.inflight)
             total += sum(off >= max(base, group.floor) and off not in group.acked for _, off in group.redeliver)
         return total
+
+    def delivery_info(self, delivery: Delivery) -> Mapping[str, object]:
+        """Raw metadata of ``delivery``: its ``offset`` in the topic's log. Never blocks."""
+        token = delivery.token
+        assert isinstance(token, _Token)
+        return {"offset": token.offset}

@@ -165,6 +165,10 @@ class FakeBackend:
         """Live figures: messages held, sent, ensure calls."""
         return {"kind": "fake", "held": len(self.held), "sent": len(self.sent), "ensures": self.ensure_calls.total()}
 
+    def delivery_info(self, delivery: Delivery) -> dict[str, object]:
+        """No raw metadata (the fake has no log)."""
+        return {}
+
 
 @attrs.frozen
 class FakeConfig:

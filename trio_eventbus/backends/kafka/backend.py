@@ -557,3 +557,8 @@ class KafkaBackend:
             partition_mismatches=MappingProxyType(dict(self._mismatches)),
             groups=MappingProxyType(groups),
         )
+
+    def delivery_info(self, delivery: Delivery) -> dict[str, object]:
+        """Raw metadata of ``delivery``: its ``partition`` and ``offset``. Never blocks."""
+        token: tuple[Partition, int] = delivery.token  # type: ignore[assignment]
+        return {"partition": token[0].tp.partition, "offset": token[1]}

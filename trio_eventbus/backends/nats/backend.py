@@ -565,6 +565,18 @@ class NatsBackend:
             subscription_details=details,
         )
 
+    def delivery_info(self, delivery: Delivery) -> dict[str, object]:
+        """Raw metadata from a JetStream ack subject (``$JS.ACK[.domain.account].stream.consumer.delivered.
+        sseq.cseq.ts.pending``); empty for core NATS (no ack subject). Never blocks."""
+        t = str(getattr(delivery.token, "reply", "")).split(".")
+        i = 2 if len(t) == 9 else 4
+        try:
+            d, s, c, _, p = (int(x) for x in t[i + 2 : i + 7])
+            return {"stream": t[i], "consumer": t[i + 1], "num_delivered": d, "stream_seq": s, "consumer_seq": c,
+                    "num_pending": p}  # fmt: skip
+        except (IndexError, ValueError):
+            return {}
+
 
 def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
     def num(value: float | None, unset: float) -> float:
