@@ -80,6 +80,7 @@ from typing import Any
 
 import trio
 from nats.aio.client import Client
+from nats.errors import SlowConsumerError
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
@@ -97,7 +98,7 @@ from .config import NatsConfig, _mask_url
 from .consume import CoreListener, Puller, Settler, Subscription
 from .publish import Publisher, WireItem
 from .stats import NatsStatistics
-from .wire import NATS_ERRORS, api_error_code, durable_name, stream_name, wire_message
+from .wire import NATS_ERRORS, api_error_code, durable_name, server_version_error, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
 
@@ -112,6 +113,7 @@ _FEATURES = BackendFeatures(
     ephemeral_topics=True,
 )
 _JANITOR_TICK = 0.1
+_MESSAGE_OVERHEAD = 4096  # a delivery's subject, ack subject and framing beyond max_payload (pull max_bytes)
 _CLOSE_PUBACK_WAIT = 5.0
 _ERR_OVERLAP = 10065  # subjects overlap with an existing stream
 _ERR_NAME_IN_USE = 10058  # stream name already in use with a different configuration
@@ -152,6 +154,7 @@ class NatsBackend:
         self._reconnects = 0
         self._disconnects = 0
         self._errors = 0
+        self._last_error: Exception | None = None
 
     def __repr__(self) -> str:
         servers = ",".join(_mask_url(u) for u in self._config.servers)
@@ -170,6 +173,8 @@ class NatsBackend:
                 self._bridge = bridge
                 try:
                     await bridge.run(self._aio_connect)
+                except BackendUnavailable:
+                    raise
                 except Exception as exc:
                     raise self._connect_error(exc) from exc
                 try:
@@ -360,7 +365,18 @@ class NatsBackend:
                 assert info.config is not None
                 durable = durable_name(group)
                 recover = functools.partial(self._aio_ensure_consumer, info, self._consumer_config(topic, durable))
-                source = Puller(self._nc, sub, info.stream, durable, cfg.fetch_batch, cfg.fetch_max_wait, recover)
+                max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
+                source = Puller(
+                    self._nc,
+                    sub,
+                    info.stream,
+                    durable,
+                    cfg.fetch_batch,
+                    cfg.fetch_max_wait,
+                    recover,
+                    max_bytes=max_bytes,
+                    ack_wait=cfg.ack_wait,
+                )
                 await self._bridge.run(self._aio_subscribe, recover, source)
             else:
                 source = CoreListener(self._nc, sub, cfg.request_timeout)
@@ -452,6 +468,10 @@ class NatsBackend:
         nc = Client()
         try:
             await nc.connect(**options)
+            servers = ", ".join(_mask_url(u) for u in cfg.servers)
+            too_old = server_version_error(str(getattr(nc, "_server_info", {}).get("version", "")), servers)
+            if too_old is not None:
+                raise too_old
             js = nc.jetstream(timeout=cfg.request_timeout)
             await js.account_info()  # JetStream is enabled and answers
         except BaseException:
@@ -465,7 +485,14 @@ class NatsBackend:
 
     async def _on_error(self, exc: Exception) -> None:
         self._errors += 1
-        if self._state == "connected":
+        self._last_error = exc
+        if isinstance(exc, SlowConsumerError):
+            logger.warning(
+                "NATS client dropped messages of a slow subscription (%s): the bus did not take them fast enough; "
+                "lower NatsConfig.fetch_batch / fetch_max_bytes",
+                exc,
+            )
+        elif self._state == "connected":
             logger.warning("NATS connection error: %r", exc)
         else:
             logger.debug("NATS connection error (%s): %r", self._state, exc)
@@ -474,7 +501,14 @@ class NatsBackend:
         if self._state == "connected":
             self._disconnects += 1
             self._state = "reconnecting"
-            logger.warning("disconnected from NATS; reconnecting")
+            last, self._last_error = self._last_error, None
+            logger.warning(
+                "disconnected from NATS (last error: %r); reconnecting. If the server logged 'Slow Consumer' "
+                "for this client, it had more than its max_pending bytes in flight to us: lower "
+                "NatsConfig.fetch_max_bytes (now %d) or fetch_batch",
+                last,
+                self._config.fetch_max_bytes,
+            )
 
     async def _on_reconnected(self) -> None:
         self._reconnects += 1

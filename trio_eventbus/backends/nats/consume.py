@@ -46,24 +46,27 @@ from ..._abc import Delivery, DeliverySink, Disposition
 from .._bridge import BatchPipe, Bridge, BridgeError
 from .._bridge.inbox import LoopInbox
 from .stats import NatsSubscriptionStatistics
-from .wire import ACK, NAK, TERM, attempt_of, nak_delay, to_delivery
+from .wire import ACK, NAK, PROGRESS, TERM, ack_info, nak_delay, to_delivery
 
 __all__ = ["CoreListener", "JsToken", "Puller", "Settler", "Subscription"]
 
 logger = logging.getLogger("trio_eventbus.nats")
 _REQUEST_GRACE = 0.5  # seconds past a pull request's expiry after which it is forgotten
+_WARN_EVERY = 10.0  # seconds between two warnings about redeliveries of held messages
+_MAX_BYTES_STATUS = "Message Size Exceeds MaxBytes"
 _STATUS = "Status"
 _PENDING = "Nats-Pending-Messages"
 _tiebreak = itertools.count()
 
 
 class JsToken:
-    """Settlement handle of a JetStream delivery: its ack subject and the subscription holding it."""
+    """Settlement handle of a JetStream delivery: its ack subject, stream sequence and subscription."""
 
-    __slots__ = ("reply", "sub")
+    __slots__ = ("reply", "seq", "sub")
 
-    def __init__(self, reply: str, sub: Subscription) -> None:
+    def __init__(self, reply: str, seq: int, sub: Subscription) -> None:
         self.reply = reply
+        self.seq = seq  # stream sequence (0: unknown)
         self.sub = sub
 
 
@@ -88,7 +91,10 @@ class Subscription:
         self.persistent = persistent
         self.pipe: BatchPipe[Delivery] = BatchPipe(bridge, capacity)
         self.source: Puller | CoreListener | None = None
-        self.held: set[JsToken] = set()  # handed to the bus, not settled yet
+        self.held: set[JsToken] = set()  # handed to the bus, not settled yet (Trio thread)
+        # loop thread only: stream seq -> token of every delivery put into the pipe and not settled yet (its
+        # settlement not sent yet): what gets progress acks, and what a redelivery is recognised by
+        self.out: dict[int, JsToken] = {}
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
         self._bridge = bridge
@@ -151,6 +157,8 @@ class Subscription:
             vanished_pull_requests=0 if puller is None else puller.vanished,
             consumer_recoveries=0 if puller is None else puller.recoveries,
             dropped=source.dropped if isinstance(source, CoreListener) else 0,
+            redelivered_held=0 if puller is None else puller.redelivered_held,
+            progress_acks=0 if puller is None else puller.progress_acks,
         )
 
     def requeue(self, delivery: Delivery, delay: float) -> None:
@@ -202,6 +210,9 @@ class Puller:
         batch: int,
         max_wait: float,
         recover: Callable[[], Awaitable[object]],
+        *,
+        max_bytes: int,
+        ack_wait: float,
     ) -> None:
         self._nc = nc
         self._sub = sub
@@ -214,6 +225,12 @@ class Puller:
         self._max_wait = max_wait
         self._renew = max(0.005, 0.2 * max_wait)  # send the next request this long before expiry
         self._expires = int(max_wait * 1e9)
+        self._max_bytes = max_bytes
+        self._ack_wait = ack_wait
+        self._progress_every = ack_wait / 3  # +WPI for every held delivery this often (see keep_alive)
+        self._progress_due = 0.0
+        self._progressing = False
+        self._out = sub.out
         self._recover = recover
         self._inbox = ""
         self._nsub: Any = None
@@ -226,12 +243,15 @@ class Puller:
         self._pulling = self._recovering = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.received = self.statuses = self.requests_sent = self.vanished = self.recoveries = 0
+        self.redelivered_held = self.progress_acks = 0
+        self._warned_at = -math.inf
         self._heard = self._sent_at_heard = 0  # messages + statuses, and requests sent, at the last answer
         self._heard_at = 0.0
         self._silence = max(2.0, 4 * max_wait)  # no answer at all for this long: the consumer may be gone
 
     async def start(self) -> None:
         self._heard_at = asyncio.get_running_loop().time()
+        self._progress_due = self._heard_at + self._progress_every
         self._inbox = self._nc.new_inbox()
         self._nsub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_msg)
         self._pulling = True
@@ -248,14 +268,37 @@ class Puller:
                 request.remaining -= 1
                 self.outstanding -= 1
                 break
-        if self.stopping:
+        attempt, seq = ack_info(reply)
+        if seq in self._out:  # redelivered while still held here: the held one is acked/kept alive instead
+            self._redelivered(seq)
+        elif self.stopping:
             await self._nc.publish(reply, NAK)
             return
-        self.held += 1
-        token = JsToken(reply, self._sub)
-        self._pipe.put_nowait(to_delivery(self._topic, msg.data, msg.headers, attempt_of(reply), token))
+        else:
+            self.held += 1
+            token = JsToken(reply, seq, self._sub)
+            if seq:
+                self._out[seq] = token
+            self._pipe.put_nowait(to_delivery(self._topic, msg.data, msg.headers, attempt, token))
         if self.outstanding == 0:
             self._schedule_pull()
+
+    def _redelivered(self, seq: int) -> None:
+        self.redelivered_held += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            logger.warning(
+                "JetStream redelivered message %d of %r (group %r) while it was still waiting or being handled "
+                "here (%d such redeliveries so far): the duplicate was dropped, but another instance of the "
+                "group may have handled it too; progress acks did not reach the server within ack_wait=%g s "
+                "(connection lost or the event loop blocked?): raise NatsConfig.ack_wait",
+                seq,
+                self._topic,
+                self._sub.group,
+                self.redelivered_held,
+                self._ack_wait,
+            )
 
     def _on_status(self, subject: str, headers: dict[str, str]) -> None:
         self.statuses += 1
@@ -266,7 +309,9 @@ class Puller:
         pending = headers.get(_PENDING)
         unfilled = int(pending) if pending is not None and pending.isdigit() else request.remaining
         self._end(subject, request, unfilled)
-        if status not in ("404", "408"):
+        if status == "409" and headers.get("Description") == _MAX_BYTES_STATUS:
+            pass  # the request's max_bytes is used up: a normal end (the next message did not fit)
+        elif status not in ("404", "408"):
             logger.info("pull request of %r ended with status %s %s", self._topic, status, headers)
             if status in ("409", "503"):
                 self._start_recover()
@@ -329,7 +374,11 @@ class Puller:
                 self.outstanding += n
                 self.requests_sent += 1
                 loop.call_later(self._max_wait - self._renew, self._schedule_pull)
-                await self._nc.publish(self._api, b'{"batch":%d,"expires":%d}' % (n, self._expires), reply=reply)
+                await self._nc.publish(
+                    self._api,
+                    b'{"batch":%d,"expires":%d,"max_bytes":%d}' % (n, self._expires, self._max_bytes),
+                    reply=reply,
+                )
         except Exception as exc:  # the connection went away: the janitor or the reconnect re-pulls
             logger.debug("pull request for %r not sent: %r", self._topic, exc)
         finally:
@@ -340,7 +389,14 @@ class Puller:
         heard = self.received + self.statuses
         if heard != self._heard:
             self._heard, self._heard_at, self._sent_at_heard = heard, now, self.requests_sent
-        if self.stopping or self._recovering or not self._nc.is_connected:
+        if self.stopping or not self._nc.is_connected:
+            return
+        if now >= self._progress_due and not self._progressing:
+            self._progress_due = now + self._progress_every
+            if self._out:
+                self._progressing = True
+                self._spawn(self.keep_alive())
+        if self._recovering:
             return
         for subject, request in list(self._requests.items()):
             if request.remaining == 0 and request.expires_at < now:  # filled: the server sends no status
@@ -353,6 +409,23 @@ class Puller:
             self._start_recover()
         else:
             self._schedule_pull()
+
+    async def keep_alive(self) -> None:
+        """Send a progress ack (``+WPI``) for every delivery held here (in the pipe, a lane or a handler).
+
+        Runs every ``ack_wait / 3`` on the loop (started by :meth:`check`): one pass over the held set, no
+        crossing, nothing per message on the hot path. The server restarts each message's ``ack_wait``, so a
+        backlog waiting in a lane is not redelivered while it waits.
+        """
+        try:
+            publish = self._nc.publish
+            for token in list(self._out.values()):
+                await publish(token.reply, PROGRESS)
+                self.progress_acks += 1
+        except Exception as exc:  # connection lost: the server may redeliver; recognised by sequence
+            logger.debug("progress acks for %r not sent: %r", self._topic, exc)
+        finally:
+            self._progressing = False
 
     def reset(self) -> None:
         """After a reconnect: forget outstanding requests, make sure the consumer exists, pull again."""
@@ -454,7 +527,7 @@ class Settler:
     def __init__(self) -> None:
         self._bridge: Bridge | None = None
         self._nc: Any = None
-        self._inbox: LoopInbox[tuple[str, bytes]] | None = None
+        self._inbox: LoopInbox[tuple[JsToken, bytes]] | None = None
         self.acks = self.naks = self.terms = self.failed = self.dropped = 0
 
     @property
@@ -469,7 +542,7 @@ class Settler:
         self._bridge, self._nc = bridge, nc
         self._inbox = LoopInbox(bridge, self._send)
 
-    def _queue(self, items: list[tuple[str, bytes]]) -> None:
+    def _queue(self, items: list[tuple[JsToken, bytes]]) -> None:
         if self._inbox is None or not items:
             return
         try:
@@ -494,7 +567,7 @@ class Settler:
             else:
                 self.terms += 1
                 payload = TERM
-            self._queue([(token.reply, payload)])
+            self._queue([(token, payload)])
         elif type(token) is CoreToken and disposition is Disposition.NAK:
             self.naks += 1
             token.sub.requeue(delivery, delay)
@@ -506,13 +579,13 @@ class Settler:
             token = delivery.token
             if type(token) is JsToken:
                 token.sub.held.discard(token)
-                out.append((token.reply, NAK))
+                out.append((token, NAK))
         self.naks += len(out)
         self._queue(out)
 
     def nak_held(self, sub: Subscription) -> None:
         """Nak every delivery of ``sub`` handed to the bus and never settled."""
-        out = [(token.reply, NAK) for token in sub.held]
+        out = [(token, NAK) for token in sub.held]
         sub.held.clear()
         self.naks += len(out)
         self._queue(out)
@@ -522,16 +595,19 @@ class Settler:
         if self._bridge is not None and self._inbox is not None:
             await self._bridge.run(self._inbox.wait_idle)
 
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:  # loop thread
+    async def _send(self, batch: list[tuple[JsToken, bytes]]) -> None:  # loop thread
         self.failed += await _send(self._nc, batch)
 
 
-async def _send(nc: Any, batch: list[tuple[str, bytes]]) -> int:
+async def _send(nc: Any, batch: list[tuple[JsToken, bytes]]) -> int:
     publish = nc.publish
     failed = 0
-    for reply, payload in batch:
+    for token, payload in batch:
+        out = token.sub.out  # settled: no more progress acks; a redelivery is a new delivery again
+        if out.get(token.seq) is token:
+            del out[token.seq]
         try:
-            await publish(reply, payload)
+            await publish(token.reply, payload)
         except Exception:  # connection closed: the server redelivers after ack_wait
             failed += 1
     if failed:
