@@ -100,7 +100,7 @@ async def test_redelivery_of_a_held_message_is_dropped_and_logged(
 
             await bus.subscribe_envelope(topic, handler, group=GROUP)
             await done.wait()
-            stats = _nats_stats(bus).subscription_details[0]
+        stats = _nats_stats(bus).subscription_details[0]  # after close: every delivery received is counted
         info = await on_server(nats_url, lambda js: js.consumer_info(stream_of(topic), GROUP))
     warnings = [r.getMessage() for r in caplog.records if "still waiting or being handled" in r.getMessage()]
     print(
