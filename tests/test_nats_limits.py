@@ -150,13 +150,45 @@ async def test_large_messages_are_consumed_with_defaults_without_a_disconnect(na
         f"messages={count} x {size} B: published in {published:.1f}s, consumed in {consumed:.1f}s "
         f"({count * size / consumed / 1e6:.0f} MB/s); handled={len(seen)} disconnects={stats.disconnects} "
         f"reconnects={stats.reconnects} connection_errors={stats.connection_errors} "
-        f"pull_requests={sub.pull_requests} received={sub.received}"
+        f"pull_requests={sub.pull_requests} received={sub.received} consumer_recoveries={sub.consumer_recoveries}"
     )
     assert len(seen) == count
     assert stats.disconnects == 0
     assert stats.reconnects == 0
     assert stats.connection_errors == 0
     assert sub.received == count
+    assert sub.consumer_recoveries == 0  # every request ended with a status the puller expects
+
+
+@pytest.mark.nats
+async def test_filled_pull_requests_end_normally(nats_url: str) -> None:
+    """A backlog larger than the requests: the server ends each filled request (it carries max_bytes) with
+    ``409 Batch Completed``, which must not make the puller re-create its consumer as other 409s do. (Requests
+    ended by ``409 Message Size Exceeds MaxBytes``: the large-message test.)"""
+    topic = topic_name("statuses")
+    count = 2_000
+    seen: set[int] = set()
+    done = trio.Event()
+    with trio.fail_after(60):
+        async with teb.open_bus(config(nats_url, fetch_batch=100)) as bus:
+            for n in range(count):
+                await bus.publish(topic, n.to_bytes(4, "big") + bytes(200), confirm=n == count - 1)
+
+            async def handler(message: teb.Message) -> None:
+                seen.add(int.from_bytes(message.data[:4], "big"))
+                if len(seen) == count:
+                    done.set()
+
+            await bus.subscribe(topic, handler, group=GROUP)
+            await done.wait()
+            sub = _nats_stats(bus).subscription_details[0]
+    print(
+        f"handled={len(seen)} pull_requests={sub.pull_requests} consumer_recoveries={sub.consumer_recoveries} "
+        f"vanished={sub.vanished_pull_requests}"
+    )
+    assert len(seen) == count
+    assert sub.consumer_recoveries == 0
+    assert sub.vanished_pull_requests == 0
 
 
 @pytest.fixture

@@ -80,7 +80,9 @@ __all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Subscription"]
 logger = logging.getLogger("trio_eventbus.nats")
 _REQUEST_GRACE = 0.5  # seconds past a pull request's expiry after which it is forgotten
 _WARN_EVERY = 10.0  # seconds between two warnings about redeliveries of held messages
-_MAX_BYTES_STATUS = "Message Size Exceeds MaxBytes"
+#: 409s that end a request normally: its max_bytes is used up (the next message did not fit), or it was filled
+#: (the server says so for requests with max_bytes)
+_NORMAL_409 = frozenset({"Message Size Exceeds MaxBytes", "Batch Completed"})
 _STATUS = "Status"
 _PENDING = "Nats-Pending-Messages"
 _tiebreak = itertools.count()
@@ -223,12 +225,12 @@ class Puller:
     Each request has its own reply subject (``<inbox>.<n>``), so the ``408`` ending an expired request
     names it and says how many messages it did not get (``Nats-Pending-Messages``). Deliveries carry the
     stream subject, not the request's, so they are attributed to the oldest live request; the total owed
-    stays exact and is corrected by every ``408`` and every ``409 Message Size Exceeds MaxBytes`` (a request
-    whose ``max_bytes`` is used up: a normal end). Every request ends with such a status on the servers the
-    bus supports (2.11+); one never answered (lost with a connection) is forgotten ``_REQUEST_GRACE`` s after
-    its expiry and counted as vanished. No answer at all (no message, no status) for
-    ``max(2 s, 4 * fetch_max_wait)`` while requests go out means the consumer may be gone (memory store after a
-    restart, deleted): recover.
+    stays exact and is corrected by every ``408`` and the ``409`` statuses ending a request normally
+    (``Message Size Exceeds MaxBytes``: its ``max_bytes`` is used up; ``Batch Completed``: it was filled).
+    Every request ends with such a status on the servers the bus supports (2.11+); one never answered (lost
+    with a connection) is forgotten ``_REQUEST_GRACE`` s after its expiry and counted as vanished. No answer
+    at all (no message, no status) for ``max(2 s, 4 * fetch_max_wait)`` while requests go out means the
+    consumer may be gone (memory store after a restart, deleted): recover.
     """
 
     def __init__(
@@ -343,8 +345,8 @@ class Puller:
         pending = headers.get(_PENDING)
         unfilled = int(pending) if pending is not None and pending.isdigit() else request.remaining
         self._end(subject, request, unfilled)
-        if status == "409" and headers.get("Description") == _MAX_BYTES_STATUS:
-            pass  # the request's max_bytes is used up: a normal end (the next message did not fit)
+        if status == "409" and headers.get("Description") in _NORMAL_409:
+            pass
         elif status not in ("404", "408"):
             logger.info("pull request of %r ended with status %s %s", self._topic, status, headers)
             if status in ("409", "503"):
