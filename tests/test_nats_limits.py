@@ -102,7 +102,7 @@ async def test_redelivery_of_a_held_message_is_dropped_and_logged(
             await done.wait()
         stats = _nats_stats(bus).subscription_details[0]  # after close: every delivery received is counted
         info = await on_server(nats_url, lambda js: js.consumer_info(stream_of(topic), GROUP))
-    warnings = [r.getMessage() for r in caplog.records if "still waiting or being handled" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "while it was still held here" in r.getMessage()]
     print(
         f"handled={handled} redelivered_held={stats.redelivered_held} server deliveries={info.delivered.consumer_seq} "
         f"ack_pending={info.num_ack_pending} warnings={len(warnings)}"

@@ -26,7 +26,8 @@ message arrives and one delete when its settlement is sent). A redelivery that c
 lost with the connection, or the loop blocked for ``ack_wait``) of a message still held here is recognised
 by its stream sequence and dropped (counted as ``redelivered_held``; the held delivery's settlement acks the
 message: JetStream acks by stream sequence), with a WARNING naming ``ack_wait``: another instance of the
-group may have received and handled it, which this instance cannot prevent.
+group may have received and handled it, which this instance cannot prevent. So is a redelivery that crossed
+the message's ack on the wire (its seq is in :attr:`Subscription.settled` for a while): it is acked again.
 
 Ordering: one inbox, one fetcher: a subscriber sees the stream's order (a nak'ed message comes back later,
 after the others). Backpressure: a full lane blocks the fetcher in ``deliver``, so no credits return and no
@@ -325,10 +326,11 @@ class Puller:
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
             logger.warning(
-                "JetStream redelivered message %d of %r (group %r) while it was still waiting or being handled "
-                "here (%d such redeliveries so far): the duplicate was dropped, but another instance of the "
-                "group may have handled it too; progress acks did not reach the server within ack_wait=%g s "
-                "(connection lost or the event loop blocked?): raise NatsConfig.ack_wait",
+                "JetStream redelivered message %d of %r (group %r) while it was still held here (waiting, "
+                "being handled or its ack on the way; %d such redeliveries so far): the duplicate was dropped, "
+                "but another instance of the group may have handled it too; progress acks did not reach the "
+                "server within ack_wait=%g s (connection lost or the event loop blocked?): raise "
+                "NatsConfig.ack_wait",
                 seq,
                 self._topic,
                 self._sub.group,
