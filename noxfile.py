@@ -1,10 +1,11 @@
 """Sessions: ``nox`` runs lint, typecheck and tests (the whole suite, with real local brokers, on 3.11-3.13).
 
-- ``tests``: installs the package with every extra, provisions the brokers (``tools/provision.py``: Debian's
-  nats-server, Apache Kafka from Maven Central; skipped for brokers named by ``TEB_NATS_URL`` /
-  ``TEB_KAFKA_BOOTSTRAP``), then runs pytest on Python 3.11, 3.12 and 3.13 (coverage reported on 3.11).
+- ``tests``: installs the package with every extra, provisions the brokers (``tools/provision.py``: builds the
+  pinned nats-server release with Go once and caches it, fetches Apache Kafka's jars with Maven once; skipped
+  for brokers named by ``TEB_NATS_URL`` / ``TEB_KAFKA_BOOTSTRAP``), then runs pytest on Python 3.11, 3.12 and
+  3.13 (coverage reported on 3.11).
   Extra arguments go to pytest: ``nox -s tests-3.12 -- -m "not kafka"``.
-- ``tests_memory``: the fast loop: every test that needs no broker (no Java, Maven or apt; under a minute).
+- ``tests_memory``: the fast loop: every test that needs no broker (no Go, Java or Maven; under a minute).
 - ``lint``: ruff check, ruff format --check, flake8-async ASYNC910/911 (checkpoints). ``typecheck``: mypy --strict.
 - ``demo`` / ``bench``: ``python -m trio_eventbus demo|bench`` (extra arguments passed on).
 """
@@ -48,7 +49,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests_memory(session: nox.Session) -> None:
-    """Every test that needs no broker: the fast loop (pip packages only; no Java, Maven or apt)."""
+    """Every test that needs no broker: the fast loop (pip packages only; no Go, Java or Maven)."""
     session.install("-e", ALL_EXTRAS)
     session.run("python", "-m", "pytest", "-m", "not nats and not kafka", *session.posargs)
 

@@ -62,6 +62,7 @@ def test_config_validation_and_secrets() -> None:
     for bad in (
         {"fetch_batch": 0},
         {"fetch_max_wait": -1},
+        {"fetch_max_bytes": 0},
         {"max_pending_publishes": 1.5},
         {"user": "only-user"},
         {"user": "u", "password": "p", "token": "t"},

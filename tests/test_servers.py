@@ -56,10 +56,10 @@ def test_missing_kafka_libs_name_the_provision_step(monkeypatch: pytest.MonkeyPa
         servers.locate_kafka_libs()
 
 
-def test_missing_nats_server_names_the_apt_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(servers, "_NATS_FALLBACK_PATHS", ())
-    with pytest.raises(BrokerStartError, match="apt-get install -y nats-server"):
+def test_missing_nats_server_names_the_provision_step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TEB_NATS_SERVER", raising=False)
+    monkeypatch.setenv("TEB_NATS_HOME", str(tmp_path / "nothing-here"))
+    with pytest.raises(BrokerStartError, match=r"run `python tools/provision.py` \(builds it with Go"):
         servers.locate_nats_server()
 
 

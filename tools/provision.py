@@ -2,11 +2,13 @@
 """Provision the local brokers that trio_eventbus' tests, demo and benchmarks run against.
 
 Idempotent and stdlib-only (Python >= 3.11); nox runs it before the test session, so when everything is
-already in place it only looks at PATH and one marker file and returns in milliseconds.
+already in place it only reads two marker files and returns in milliseconds.
 
-* NATS: makes sure ``nats-server`` is on PATH. When it is missing and we are root on a system with apt-get,
-  runs ``apt-get update`` and ``apt-get install -y nats-server``; otherwise fails with the command to run.
-  Skipped when ``TEB_NATS_URL`` is set (the tests then use that server).
+* NATS: makes sure nats-server ``NATS_SERVER_VERSION`` is built in the cache directory (``$TEB_NATS_HOME``,
+  default ``~/.cache/trio_eventbus/nats-server-<version>``, binary in ``bin/``), building it when missing with
+  ``go install github.com/nats-io/nats-server/v2@v<version>`` (about a minute; needs Go >= 1.26 on PATH or in
+  /usr/local/go/bin). A marker file holding the version is written only after a successful build, so an
+  interrupted build is redone. Skipped when ``TEB_NATS_URL`` or ``TEB_NATS_SERVER`` (a binary of your own) is set.
 * Kafka: makes sure the Kafka broker's runtime jars are in the cache directory
   (``$TEB_KAFKA_HOME``, default ``~/.cache/trio_eventbus/kafka-<version>``, jars in ``libs/``), fetching them
   with Maven from ``tools/kafka/pom.xml`` when missing. A marker file holding the pom's hash is written only
@@ -15,13 +17,15 @@ already in place it only looks at PATH and one marker file and returns in millis
 
 Exit status: 0 when everything needed is present, 1 otherwise (with a message saying what to install).
 
-Keep KAFKA_VERSION, the cache layout and the marker name in sync with ``trio_eventbus/testing/_kafka_server.py``
+Keep KAFKA_VERSION / NATS_SERVER_VERSION, the cache layouts and the marker name in sync with
+``trio_eventbus/testing/_kafka_server.py`` and ``trio_eventbus/testing/servers.py``
 (this script cannot import the package: it must run before the venv exists).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import shutil
@@ -31,11 +35,13 @@ import time
 from pathlib import Path
 
 KAFKA_VERSION = "3.9.2"
+NATS_SERVER_VERSION = "2.15.2"
+NATS_MODULE = "github.com/nats-io/nats-server/v2"
 MARKER_NAME = ".provisioned"
 HERE = Path(__file__).resolve().parent
 POM = HERE / "kafka" / "pom.xml"
 
-NATS_INSTALL_HINT = "apt-get update && apt-get install -y nats-server"
+GO_INSTALL_HINT = "install Go >= 1.26 (https://go.dev/doc/install: unpack it into /usr/local/go)"
 JAVA_INSTALL_HINT = "apt-get install -y openjdk-17-jre-headless"
 MVN_INSTALL_HINT = "apt-get install -y maven"
 
@@ -62,46 +68,86 @@ def pom_digest() -> str:
 # --------------------------------------------------------------------------------------------- NATS
 
 
-def find_nats_server() -> str | None:
-    """``nats-server`` on PATH, or where Debian's package puts it (/usr/sbin is not on every user's PATH)."""
-    found = shutil.which("nats-server")
-    if found is None and os.access("/usr/sbin/nats-server", os.X_OK):
-        found = "/usr/sbin/nats-server"
+def nats_home() -> Path:
+    env = os.environ.get("TEB_NATS_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "trio_eventbus" / f"nats-server-{NATS_SERVER_VERSION}"
+
+
+def nats_server_ready(home: Path) -> bool:
+    marker = home / MARKER_NAME
+    try:
+        return marker.read_text().strip() == NATS_SERVER_VERSION and os.access(home / "bin" / "nats-server", os.X_OK)
+    except OSError:
+        return False
+
+
+def find_go() -> str | None:
+    """``go`` on PATH, or where the official tarball installs it (/usr/local/go/bin is not always on PATH)."""
+    found = shutil.which("go")
+    if found is None and os.access("/usr/local/go/bin/go", os.X_OK):
+        found = "/usr/local/go/bin/go"
     return found
 
 
 def ensure_nats_server() -> None:
     if os.environ.get("TEB_NATS_URL"):
-        say(f"nats: TEB_NATS_URL is set ({os.environ['TEB_NATS_URL']}), not checking nats-server")
+        say(f"nats: TEB_NATS_URL is set ({os.environ['TEB_NATS_URL']}), not building nats-server")
         return
-    found = find_nats_server()
-    if found:
-        say(f"nats: {found}")
+    if os.environ.get("TEB_NATS_SERVER"):
+        say(f"nats: TEB_NATS_SERVER is set ({os.environ['TEB_NATS_SERVER']}), not building nats-server")
         return
-    apt_get = shutil.which("apt-get")
-    if apt_get is None or os.geteuid() != 0:
-        why = "apt-get not available" if apt_get is None else "not root"
+    home = nats_home()
+    if nats_server_ready(home):
+        say(f"nats: nats-server {NATS_SERVER_VERSION} present in {home / 'bin'}")
+        return
+    go = find_go()
+    if go is None:
         raise ProvisionError(
-            f"nats-server is not on PATH ({why}). Install it with `sudo {NATS_INSTALL_HINT}` "
-            "(or put a nats-server binary on PATH, or set TEB_NATS_URL to an existing server)."
+            f"go is not on PATH; it is needed once to build nats-server {NATS_SERVER_VERSION}: {GO_INSTALL_HINT}, "
+            "or set TEB_NATS_SERVER to a nats-server >= 2.11 binary, or TEB_NATS_URL to a running server"
         )
-    say("nats: nats-server missing, installing with apt-get")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in ([apt_get, "update", "-qq"], [apt_get, "install", "-y", "-qq", "nats-server"]):
-        shown = " ".join(["apt-get", *argv[1:]])
-        say(f"nats: running {shown}")
-        result = subprocess.run(argv, env=env, check=False)
-        if result.returncode != 0:
-            raise ProvisionError(
-                f"`{shown}` failed with status {result.returncode}; install nats-server yourself: `{NATS_INSTALL_HINT}`"
-            )
-    found = find_nats_server()
-    if not found:
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another provisioning run (a parallel nox session) builds it once
+        if nats_server_ready(home):
+            say(f"nats: nats-server {NATS_SERVER_VERSION} built meanwhile in {home / 'bin'}")
+            return
+        build_nats_server(go, home)
+
+
+def build_nats_server(go: str, home: Path) -> None:
+    (home / MARKER_NAME).unlink(missing_ok=True)
+    partial = home / "bin.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    target = f"{NATS_MODULE}@v{NATS_SERVER_VERSION}"
+    say(f"nats: building nats-server {NATS_SERVER_VERSION} with `go install {target}` (about a minute)")
+    started = time.monotonic()
+    # GOTOOLCHAIN=local: build with the Go found here, never fetch another toolchain behind the user's back
+    env = dict(os.environ, GOBIN=str(partial), GOTOOLCHAIN="local", CGO_ENABLED="0")
+    result = subprocess.run(
+        [go, "install", target], env=env, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    binary = partial / "nats-server"
+    version = ""
+    if result.returncode == 0 and os.access(binary, os.X_OK):
+        probe = subprocess.run([str(binary), "--version"], check=False, capture_output=True, text=True)
+        version = probe.stdout.strip()
+    if f"v{NATS_SERVER_VERSION}" not in version.split():
+        shutil.rmtree(partial, ignore_errors=True)
+        output = result.stdout.decode("utf-8", "replace").splitlines()
+        sys.stderr.write("\n".join(output[-30:]) + "\n")
         raise ProvisionError(
-            f"nats-server is still not on PATH after apt-get; install it with `{NATS_INSTALL_HINT}` "
-            "or put a nats-server binary on PATH."
+            f"`go install {target}` failed (status {result.returncode}, version {version or 'none'}); "
+            f"nats-server {NATS_SERVER_VERSION} needs Go >= 1.26: {GO_INSTALL_HINT}"
         )
-    say(f"nats: installed {found}")
+    bin_dir = home / "bin"
+    shutil.rmtree(bin_dir, ignore_errors=True)
+    partial.rename(bin_dir)
+    (home / MARKER_NAME).write_text(NATS_SERVER_VERSION + "\n")
+    say(f"nats: built {bin_dir / 'nats-server'} ({version}, {time.monotonic() - started:.1f} s)")
 
 
 # -------------------------------------------------------------------------------------------- Kafka
@@ -168,7 +214,7 @@ def ensure_kafka_libs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--no-nats", action="store_true", help="do not check/install nats-server")
+    parser.add_argument("--no-nats", action="store_true", help="do not check/build nats-server")
     parser.add_argument("--no-kafka", action="store_true", help="do not check/fetch the Kafka libs")
     args = parser.parse_args(argv)
     try:

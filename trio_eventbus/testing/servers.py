@@ -4,7 +4,8 @@ Synchronous, stdlib-only process managers, meant for pytest session fixtures and
 a running Trio task (their ``start()``/``stop()`` block for seconds; from Trio, call them through
 ``trio.to_thread.run_sync``). They are not thread-safe: one owner per instance.
 
-* :class:`NatsServer` runs ``nats-server -a 127.0.0.1 -p <port> -m <monitor port> -js -sd <tmp>``.
+* :class:`NatsServer` runs ``nats-server -a 127.0.0.1 -p <port> -m <monitor port> -js -sd <tmp>``, using the pinned
+  release (:data:`NATS_SERVER_VERSION`) that ``tools/provision.py`` builds (see :func:`locate_nats_server`).
 * :class:`KafkaServer` runs Kafka from the jars that ``tools/provision.py`` caches.
 
 Lifecycle of both: ``start()`` spawns the broker and returns when it serves requests (or raises
@@ -24,7 +25,6 @@ process plumbing both managers share in ``_process``; this module re-exports the
 from __future__ import annotations
 
 import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -39,6 +39,7 @@ from ._process import _HOST, BrokerStartError, _ManagedServer, _tcp_accepts, fre
 
 __all__ = [
     "KAFKA_VERSION",
+    "NATS_SERVER_VERSION",
     "BrokerStartError",
     "KafkaServer",
     "NatsServer",
@@ -46,28 +47,50 @@ __all__ = [
     "locate_java",
     "locate_kafka_libs",
     "locate_nats_server",
+    "nats_home",
 ]
 
-#: Debian installs nats-server in /usr/sbin, which is not on every user's PATH.
-_NATS_FALLBACK_PATHS: tuple[str, ...] = ("/usr/sbin/nats-server",)
+#: nats-server release built by tools/provision.py (keep in sync with NATS_SERVER_VERSION there).
+NATS_SERVER_VERSION = "2.15.2"
+_MARKER_NAME = ".provisioned"
 
 
 # ------------------------------------------------------------------------------------------ locating
 
 
+def nats_home() -> Path:
+    """nats-server cache: ``$TEB_NATS_HOME`` or ``~/.cache/trio_eventbus/nats-server-<version>`` (binary in bin/)."""
+    env = os.environ.get("TEB_NATS_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "trio_eventbus" / f"nats-server-{NATS_SERVER_VERSION}"
+
+
 def locate_nats_server() -> str:
-    """Path of the ``nats-server`` binary (PATH, then Debian's /usr/sbin), or :class:`BrokerStartError`."""
-    found = shutil.which("nats-server")
-    for candidate in _NATS_FALLBACK_PATHS:
-        if found is None and os.access(candidate, os.X_OK):
-            found = candidate
-    if found is None:
+    """Path of the ``nats-server`` binary, or :class:`BrokerStartError` naming the provisioning step.
+
+    ``$TEB_NATS_SERVER`` when set (a binary of your own; the bus needs 2.11 or newer), else the pinned release
+    that ``tools/provision.py`` built into :func:`nats_home` (only a completed build counts: its marker file
+    is written last). A ``nats-server`` on PATH is never used: distributions ship releases too old for the bus.
+    """
+    env = os.environ.get("TEB_NATS_SERVER")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise BrokerStartError(f"TEB_NATS_SERVER={env!r} is not an executable file")
+        return env
+    home = nats_home()
+    binary = home / "bin" / "nats-server"
+    try:
+        ready = (home / _MARKER_NAME).read_text().strip() == NATS_SERVER_VERSION and os.access(binary, os.X_OK)
+    except OSError:
+        ready = False
+    if not ready:
         raise BrokerStartError(
-            "nats-server not found on PATH: install it with "
-            "`sudo apt-get update && sudo apt-get install -y nats-server` "
-            "(or run `python tools/provision.py` as root), or set TEB_NATS_URL to a running server"
+            f"nats-server {NATS_SERVER_VERSION} not found in {binary.parent}: run `python tools/provision.py` "
+            "(builds it with Go >= 1.26 in about a minute), or set TEB_NATS_SERVER to a nats-server >= 2.11 "
+            "binary, or TEB_NATS_URL to a running server"
         )
-    return found
+    return str(binary)
 
 
 # ---------------------------------------------------------------------------------------------- NATS

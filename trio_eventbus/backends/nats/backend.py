@@ -4,6 +4,12 @@ One connection per bus (the NATS maintainers' recommendation): publishing, every
 share it. Every call into nats-py goes through the bridge, one crossing per *batch*: a publish batch, a
 fetched batch (the pipe wakes Trio once per loop pass), an ack batch.
 
+Server version
+    nats-server 2.11 or newer (``wire.MIN_SERVER_VERSION``; the tests, demo and bench run the pinned release
+    that ``tools/provision.py`` builds). The first connect reads the version from the server's INFO and
+    refuses an older server with :class:`BackendUnavailable` naming the version found and the minimum: 2.11
+    brought the priority groups with pinned clients that partitioned consumer groups build on.
+
 Names
     ======================  =======================================================================
     subject                 the topic itself (``orders.created``): topics are literal NATS subjects
@@ -20,7 +26,7 @@ Names
     refused with :class:`InvalidTopicError`, as is a topic whose subject another stream (not made by the
     bus) already captures, or whose stream name would be too long.
 
-Topics
+Topics (:mod:`.streams`)
     ``TopicOptions`` become the stream config: limits retention (``max_age``, ``max_bytes``,
     ``max_messages``, discard old; unset limits fall back to ``NatsConfig.stream_max_*``), ``replicas``,
     ``duplicate_window`` (JetStream cannot turn dedupe off: ``0`` becomes 1 ms). An existing stream is
@@ -29,12 +35,19 @@ Topics
 Publishing (:mod:`.publish`)
     JetStream async publish (reply inbox per bus, at most ``max_pending_publishes`` PubAcks awaited), one
     ack handler; ``Nats-Msg-Id`` = the message id (``event_id`` for envelopes): JetStream acks a duplicate
-    inside the window without storing it. The key travels in ``X-Message-Key`` (see :mod:`.wire`).
+    inside the window without storing it. The key travels in ``X-Message-Key`` (see :mod:`.wire`). A
+    message whose body and headers pass the server's advertised ``max_payload`` fails alone with
+    :class:`MessageTooLargeError` (a ``PublishError``) before it is written (the server would close the
+    connection); the rest of its batch goes through.
 
 Consuming (:mod:`.consume`)
     A durable pull consumer per (topic, group) (explicit acks, ``ack_wait``, ``max_ack_pending``,
     ``max_deliver``), one fetcher per subscription; ``Delivery.attempt`` = JetStream's delivery count;
-    ``NAK`` carries the retry delay; acks travel in batches.
+    ``NAK`` carries the retry delay; acks travel in batches (:mod:`.settle`). Pull requests are bounded by
+    count and by bytes (``fetch_max_bytes``). Deliveries held by the bus (in a lane or a handler) get
+    progress acks every ``ack_wait / 3`` s, and a redelivery of a held message is dropped (recognised by
+    stream sequence). A disconnect is logged with the client's last error and the knob to change if the
+    server dropped us as a slow consumer.
 
 Reconnects
     nats-py reconnects by itself (``max_reconnect_attempts=-1`` = forever). After a reconnect every pull
@@ -80,6 +93,7 @@ from typing import Any
 
 import trio
 from nats.aio.client import Client
+from nats.errors import SlowConsumerError
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
@@ -87,17 +101,17 @@ from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcom
 from ..._exceptions import (
     BackendUnavailable,
     BusClosedError,
-    InvalidOptionError,
-    InvalidTopicError,
     map_exceptions,
 )
 from ..._options import TopicOptions
 from .._bridge.bridge import Bridge, BridgeError, open_bridge
 from .config import NatsConfig, _mask_url
-from .consume import CoreListener, Puller, Settler, Subscription
+from .consume import CoreListener, Puller, Subscription
 from .publish import Publisher, WireItem
+from .settle import Settler
 from .stats import NatsStatistics
-from .wire import NATS_ERRORS, api_error_code, durable_name, stream_name, wire_message
+from .streams import ensure_stream, stream_config
+from .wire import NATS_ERRORS, durable_name, server_version_error, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
 
@@ -112,10 +126,8 @@ _FEATURES = BackendFeatures(
     ephemeral_topics=True,
 )
 _JANITOR_TICK = 0.1
+_MESSAGE_OVERHEAD = 4096  # a delivery's subject, ack subject and framing beyond max_payload (pull max_bytes)
 _CLOSE_PUBACK_WAIT = 5.0
-_ERR_OVERLAP = 10065  # subjects overlap with an existing stream
-_ERR_NAME_IN_USE = 10058  # stream name already in use with a different configuration
-_ERR_REPLICAS = 10074  # replicas > 1 not supported in non-clustered mode
 
 
 class _Topic:
@@ -152,6 +164,7 @@ class NatsBackend:
         self._reconnects = 0
         self._disconnects = 0
         self._errors = 0
+        self._last_error: Exception | None = None
 
     def __repr__(self) -> str:
         servers = ",".join(_mask_url(u) for u in self._config.servers)
@@ -170,6 +183,8 @@ class NatsBackend:
                 self._bridge = bridge
                 try:
                     await bridge.run(self._aio_connect)
+                except BackendUnavailable:
+                    raise
                 except Exception as exc:
                     raise self._connect_error(exc) from exc
                 try:
@@ -263,66 +278,10 @@ class NatsBackend:
             await trio.lowlevel.checkpoint()
             return
         name = stream_name(self._config.stream_prefix, topic)
-        config = self._stream_config(topic, name, options)
+        config = stream_config(self._config, topic, name, options)
         with map_exceptions(NATS_ERRORS, f"cannot create stream {name!r} for topic {topic!r}"):
-            await self._bridge.run(self._aio_ensure_stream, config)
+            await self._bridge.run(ensure_stream, self._js, config)
         self._topics[topic] = _Topic(topic, True, name, config)
-
-    def _stream_config(self, topic: str, name: str, o: TopicOptions) -> api.StreamConfig:
-        cfg = self._config
-        max_age = o.max_age if o.max_age is not None else cfg.stream_max_age
-        window = cfg.duplicate_window if cfg.duplicate_window is not None else o.duplicate_window
-        window = max(window, 0.001)
-        if max_age is not None:
-            window = min(window, max_age)
-        max_messages = o.max_messages if o.max_messages is not None else cfg.stream_max_messages
-        max_bytes = o.max_bytes if o.max_bytes is not None else cfg.stream_max_bytes
-        return api.StreamConfig(
-            name=name,
-            subjects=[topic],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE if cfg.stream_storage == "file" else api.StorageType.MEMORY,
-            discard=api.DiscardPolicy.OLD,
-            max_msgs=-1 if max_messages is None else max_messages,
-            max_bytes=-1 if max_bytes is None else max_bytes,
-            max_age=0 if max_age is None else max_age,
-            num_replicas=o.replicas,
-            duplicate_window=window,
-        )
-
-    async def _aio_ensure_stream(self, config: api.StreamConfig) -> None:
-        js, topic = self._js, (config.subjects or [""])[0]
-        try:
-            info = await js.stream_info(config.name)
-        except NotFoundError:
-            try:
-                await js.add_stream(config)
-                return
-            except APIError as exc:
-                code = api_error_code(exc)
-                if code == _ERR_OVERLAP:
-                    raise InvalidTopicError(
-                        f"topic {topic!r}: another stream already captures subject {topic!r} ({exc.description})"
-                    ) from exc
-                if code == _ERR_REPLICAS:
-                    raise InvalidOptionError(f"topic {topic!r}: {exc.description}") from exc
-                if code != _ERR_NAME_IN_USE:
-                    raise
-                info = await js.stream_info(config.name)  # created concurrently by another bus
-        existing = info.config
-        if list(existing.subjects or ()) != [topic]:
-            raise InvalidTopicError(
-                f"topic {topic!r} maps to stream {config.name!r}, which already exists for subjects "
-                f"{existing.subjects} (topics differing only by '.' and '_' share a stream name)"
-            )
-        if _differs(existing, config):
-            update = api.StreamConfig.from_response(existing.as_dict())
-            for field in ("max_msgs", "max_bytes", "max_age", "num_replicas", "duplicate_window"):
-                setattr(update, field, getattr(config, field))
-            try:
-                await js.update_stream(update)
-            except APIError as exc:
-                raise InvalidOptionError(f"cannot update stream {config.name!r}: {exc.description}") from exc
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -360,7 +319,18 @@ class NatsBackend:
                 assert info.config is not None
                 durable = durable_name(group)
                 recover = functools.partial(self._aio_ensure_consumer, info, self._consumer_config(topic, durable))
-                source = Puller(self._nc, sub, info.stream, durable, cfg.fetch_batch, cfg.fetch_max_wait, recover)
+                max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
+                source = Puller(
+                    self._nc,
+                    sub,
+                    info.stream,
+                    durable,
+                    cfg.fetch_batch,
+                    cfg.fetch_max_wait,
+                    recover,
+                    max_bytes=max_bytes,
+                    ack_wait=cfg.ack_wait,
+                )
                 await self._bridge.run(self._aio_subscribe, recover, source)
             else:
                 source = CoreListener(self._nc, sub, cfg.request_timeout)
@@ -398,7 +368,7 @@ class NatsBackend:
         try:
             await js.add_consumer(info.stream, config)
         except NotFoundError:  # the stream is gone (memory storage after a restart, deleted by hand)
-            await self._aio_ensure_stream(info.config)
+            await ensure_stream(js, info.config)
             await js.add_consumer(info.stream, config)
         except APIError as exc:
             try:
@@ -452,6 +422,10 @@ class NatsBackend:
         nc = Client()
         try:
             await nc.connect(**options)
+            servers = ", ".join(_mask_url(u) for u in cfg.servers)
+            too_old = server_version_error(str(getattr(nc, "_server_info", {}).get("version", "")), servers)
+            if too_old is not None:
+                raise too_old
             js = nc.jetstream(timeout=cfg.request_timeout)
             await js.account_info()  # JetStream is enabled and answers
         except BaseException:
@@ -465,7 +439,14 @@ class NatsBackend:
 
     async def _on_error(self, exc: Exception) -> None:
         self._errors += 1
-        if self._state == "connected":
+        self._last_error = exc
+        if isinstance(exc, SlowConsumerError):
+            logger.warning(
+                "NATS client dropped messages of a slow subscription (%s): the bus did not take them fast enough; "
+                "lower NatsConfig.fetch_batch / fetch_max_bytes",
+                exc,
+            )
+        elif self._state == "connected":
             logger.warning("NATS connection error: %r", exc)
         else:
             logger.debug("NATS connection error (%s): %r", self._state, exc)
@@ -474,7 +455,14 @@ class NatsBackend:
         if self._state == "connected":
             self._disconnects += 1
             self._state = "reconnecting"
-            logger.warning("disconnected from NATS; reconnecting")
+            last, self._last_error = self._last_error, None
+            logger.warning(
+                "disconnected from NATS (last error: %r); reconnecting. If the server logged 'Slow Consumer' "
+                "for this client, it had more than its max_pending bytes in flight to us: lower "
+                "NatsConfig.fetch_max_bytes (now %d) or fetch_batch",
+                last,
+                self._config.fetch_max_bytes,
+            )
 
     async def _on_reconnected(self) -> None:
         self._reconnects += 1
@@ -576,17 +564,3 @@ class NatsBackend:
                     "num_pending": p}  # fmt: skip
         except (IndexError, ValueError):
             return {}
-
-
-def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
-    def num(value: float | None, unset: float) -> float:
-        return unset if value is None else float(value)
-
-    pairs = (
-        (num(existing.max_msgs, -1), num(wanted.max_msgs, -1)),
-        (num(existing.max_bytes, -1), num(wanted.max_bytes, -1)),
-        (num(existing.max_age, 0), num(wanted.max_age, 0)),
-        (num(existing.num_replicas, 1), num(wanted.num_replicas, 1)),
-        (num(existing.duplicate_window, 0), num(wanted.duplicate_window, 0)),
-    )
-    return any(abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in pairs)

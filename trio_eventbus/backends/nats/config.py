@@ -127,10 +127,16 @@ class NatsConfig:
         ``compression_min_bytes`` bytes when that makes them smaller.
     Consuming
         ``fetch_batch``: most messages requested by one pull request, and the unit of delivery to the bus;
-        ``fetch_max_wait``: seconds one pull request waits on the server for messages; ``ack_wait``: seconds
-        JetStream waits for an ack before redelivering; ``max_ack_pending``: unacknowledged messages per
-        consumer; ``max_deliver``: deliveries per message (``None`` = unlimited; the bus dead-letters after
-        ``RetryPolicy.max_attempts`` anyway).
+        ``fetch_max_wait``: seconds one pull request waits on the server for messages; ``fetch_max_bytes``:
+        most bytes one pull request may bring (default 8 MiB; raised to the server's ``max_payload`` plus 4 KiB
+        when that is larger, so one message always fits): a few requests are outstanding at a time, so this
+        keeps what the server has in flight to the client far below its 64 MiB slow-consumer limit even for
+        large messages. ``ack_wait``: seconds JetStream waits for an ack before redelivering; deliveries held
+        by the bus (waiting in a lane or running in a handler) get a progress ack (``+WPI``) every
+        ``ack_wait / 3`` s, so only a connection lost (or a loop blocked) for longer than ``ack_wait`` lets
+        JetStream redeliver a held message: this instance then drops the duplicate and logs a warning.
+        ``max_ack_pending``: unacknowledged messages per consumer; ``max_deliver``: deliveries per message
+        (``None`` = unlimited; the bus dead-letters after ``RetryPolicy.max_attempts`` anyway).
     Streams
         ``stream_prefix`` starts every stream name; ``stream_storage`` is ``"file"`` or ``"memory"``;
         ``stream_max_bytes``/``stream_max_messages``/``stream_max_age`` apply where the topic's
@@ -165,6 +171,7 @@ class NatsConfig:
     publish_timeout: float = attrs.field(default=10.0, validator=_positive_number)
     fetch_batch: int = attrs.field(default=500, validator=_positive_int)
     fetch_max_wait: float = attrs.field(default=0.1, validator=_positive_number)
+    fetch_max_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive_int)
     ack_wait: float = attrs.field(default=30.0, validator=_positive_number)
     max_ack_pending: int = attrs.field(default=10_000, validator=_positive_int)
     max_deliver: int | None = attrs.field(default=None, validator=_optional_positive_int)

@@ -1,69 +1,102 @@
-"""Consuming half of the NATS backend: credit-based pull fetching, core subscriptions, batched acks.
+"""Consuming half of the NATS backend: credit-based pull fetching, held-message upkeep, core subscriptions.
 
 Persistent topics (:class:`Puller`, on the asyncio loop). Each subscription owns an inbox subscription on the
 bus's one connection and keeps pull requests outstanding on its durable consumer
-(``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``, ``{"batch": n, "expires": fetch_max_wait}``). Messages
-are pushed into the inbox as soon as they are stored, so latency does not depend on a batch filling up; a
-request that expires comes back as a ``408`` status with the number of messages it did not get. Credits
-bound memory: at most ``2 * fetch_batch`` messages are requested or held (received but not yet routed into
-the bus's lanes) per subscription; a new request of at least ``fetch_batch / 2`` goes out when the bus takes
-messages (a credit) or a request ends. Received messages become :class:`Delivery` values on the loop and go
-into a :class:`BatchPipe`; the Trio fetcher (:meth:`Subscription.fetch`) takes everything buffered in one
-wake-up (up to ``fetch_batch``), hands it to the bus's sink and then returns the credit (a fire-and-forget
-crossing per ``fetch_batch / 4`` messages). ``attempt`` is JetStream's delivery count from the ack subject.
+(``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``, ``{"batch": n, "expires": fetch_max_wait, "max_bytes":
+b}``). Messages are pushed into the inbox as soon as they are stored, so latency does not depend on a batch
+filling up; a request that expires comes back as a ``408`` status with the number of messages it did not get,
+one whose ``max_bytes`` is used up as a ``409 Message Size Exceeds MaxBytes``. Credits bound memory: at most
+``2 * fetch_batch`` messages are requested or held (received but not yet routed into the bus's lanes) per
+subscription; a new request of at least ``fetch_batch / 2`` goes out when the bus takes messages (a credit) or
+a request ends. Bytes bound what is in flight: each request brings at most ``b`` bytes
+(``NatsConfig.fetch_max_bytes``, at least the server's ``max_payload`` plus framing, so one message always
+fits), and only a few requests are outstanding, far below the server's 64 MiB slow-consumer limit. Received
+messages become :class:`Delivery` values on the loop and go into a :class:`BatchPipe`; the Trio fetcher
+(:meth:`Subscription.fetch`) takes everything buffered in one wake-up (up to ``fetch_batch``), hands it to the
+bus's sink and then returns the credit (a fire-and-forget crossing per ``fetch_batch / 4`` messages).
+``attempt`` is JetStream's delivery count from the ack subject.
+
+Held messages (:attr:`Subscription.out`, loop thread only): every delivery put into the pipe stays there, by
+stream sequence, until its settlement is sent (:mod:`.settle`), whether it waits in the pipe, in a lane or
+runs in a handler; its size is the ``unsettled`` figure plus what the pipe holds. Every ``ack_wait / 3`` s the
+janitor's tick starts :meth:`Puller.keep_alive`: one pass over that set on the loop, a progress ack
+(``+WPI``) per held delivery, so JetStream restarts their ``ack_wait`` instead of redelivering a backlog that
+waits in a lane (no crossing, nothing per message on the hot path: the set costs one dict insert when a
+message arrives and one delete when its settlement is sent). A redelivery that comes anyway (progress acks
+lost with the connection, or the loop blocked for ``ack_wait``) of a message still held here is recognised
+by its stream sequence and dropped (counted as ``redelivered_held``; the held delivery's settlement acks the
+message: JetStream acks by stream sequence), with a WARNING naming ``ack_wait``: another instance of the
+group may have received and handled it, which this instance cannot prevent. So is a redelivery that crossed
+the message's ack on the wire (its seq is in :attr:`Subscription.settled` for a while): it is acked again.
 
 Ordering: one inbox, one fetcher: a subscriber sees the stream's order (a nak'ed message comes back later,
 after the others). Backpressure: a full lane blocks the fetcher in ``deliver``, so no credits return and no
-new requests go out. Reconnects: outstanding requests are forgotten and re-issued after the consumer was
-re-created if it is gone; see :class:`Puller` for requests the server drops without an answer.
+new requests go out (held messages keep getting progress acks meanwhile). Reconnects: outstanding requests
+are forgotten and re-issued after the consumer was re-created if it is gone; see :class:`Puller` for requests
+the server drops without an answer. Stopping: a stopping puller sends no more requests, naks what still
+arrives until its requests are answered (at most ``fetch_max_wait + 0.5 s``), then unsubscribes.
 
 Ephemeral topics (:class:`CoreListener`): a core NATS queue subscription (queue group = the bus group) feeding
 the same kind of pipe; a full pipe drops (and counts) messages, like a NATS slow consumer. Core messages have
 no broker acks; a ``NAK`` re-delivers the message locally after the delay with ``attempt + 1``.
 
-Settlements (:class:`Settler`): ``settle`` queues the ack/nak/term in a :class:`LoopInbox` and never blocks;
-its worker on the loop publishes whatever accumulated, so acks cross in batches while the previous batch is
-sent. A settlement that cannot reach the server (connection lost, backend closed) means redelivery after
-``ack_wait``: at least once. Stopping: a stopping puller sends no more requests, naks what still arrives
-until its requests are answered (at most ``fetch_max_wait + 0.5 s``), then unsubscribes; deliveries the bus
-never routed (held) are nak'ed when the backend closes, so another subscriber gets them at once.
+Settlements travel through :class:`~.settle.Settler` (acks, naks, terms, in batches).
+
+Where partitioned consumer groups slot in (next step; needs nats-server 2.11+, the bus's minimum): the NATS
+design (ADR "(Partitioned) Consumer Groups for JetStream", the ``pcgroups`` libraries) gives every partition
+its own durable consumer with ``priority_policy: "pinned_client"`` and one priority group, and every member
+pulls on every partition's consumer; the server pins each consumer to one member. Here that is one
+:class:`Puller` per partition consumer, all feeding the one :class:`Subscription` (its sink, lanes and
+``out`` set: stream sequences are unique across the stream's consumers). The pieces: :meth:`Puller._request`
+adds ``"group"`` and, once pinned, ``"id"`` (the ``Nats-Pin-Id`` header of the first message received, read
+in ``_on_msg``); ``_on_status`` treats ``423 Nats-Wrong-Pin-Id`` as "this partition moved to another
+member": forget the pin and requests, stop pulling on it for a while, and let the held deliveries of that
+partition finish and be acked before pulling again (their progress acks continue meanwhile); the backend's
+``_consumer_config`` sets the priority policy, group and ``priority_timeout`` (the takeover time of a dead
+member); ``statistics()`` lists the pinned partitions. A single-instance subscription keeps one plain
+:class:`Puller` as today.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import trio
 
-from ..._abc import Delivery, DeliverySink, Disposition
+from ..._abc import Delivery, DeliverySink
 from .._bridge import BatchPipe, Bridge, BridgeError
-from .._bridge.inbox import LoopInbox
 from .stats import NatsSubscriptionStatistics
-from .wire import ACK, NAK, TERM, attempt_of, nak_delay, to_delivery
+from .wire import NAK, PROGRESS, ack_info, to_delivery
 
-__all__ = ["CoreListener", "JsToken", "Puller", "Settler", "Subscription"]
+__all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Subscription"]
 
 logger = logging.getLogger("trio_eventbus.nats")
 _REQUEST_GRACE = 0.5  # seconds past a pull request's expiry after which it is forgotten
+_WARN_EVERY = 10.0  # seconds between two warnings about redeliveries of held messages
+#: 409s that end a request normally: its max_bytes is used up (the next message did not fit), or it was filled
+#: (the server says so for requests with max_bytes)
+_NORMAL_409 = frozenset({"Message Size Exceeds MaxBytes", "Batch Completed"})
 _STATUS = "Status"
 _PENDING = "Nats-Pending-Messages"
 _tiebreak = itertools.count()
 
 
 class JsToken:
-    """Settlement handle of a JetStream delivery: its ack subject and the subscription holding it."""
+    """Settlement handle of a JetStream delivery: its ack subject, stream sequence and subscription."""
 
-    __slots__ = ("reply", "sub")
+    __slots__ = ("reply", "seq", "sub")
 
-    def __init__(self, reply: str, sub: Subscription) -> None:
+    def __init__(self, reply: str, seq: int, sub: Subscription) -> None:
         self.reply = reply
+        self.seq = seq  # stream sequence (0: unknown)
         self.sub = sub
 
 
@@ -88,7 +121,13 @@ class Subscription:
         self.persistent = persistent
         self.pipe: BatchPipe[Delivery] = BatchPipe(bridge, capacity)
         self.source: Puller | CoreListener | None = None
-        self.held: set[JsToken] = set()  # handed to the bus, not settled yet
+        self.held: set[JsToken] = set()  # handed to the bus, not settled yet (Trio thread)
+        # loop thread only: stream seq -> token of every delivery put into the pipe and not settled yet (its
+        # settlement not sent yet): what gets progress acks, and what a redelivery is recognised by
+        self.out: dict[int, JsToken] = {}
+        # loop thread only: the last acks/terms sent (stream seq -> payload), oldest first: a redelivery that
+        # crossed its ack on the wire is acked again and dropped, not handled twice
+        self.settled: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
         self._bridge = bridge
@@ -151,6 +190,8 @@ class Subscription:
             vanished_pull_requests=0 if puller is None else puller.vanished,
             consumer_recoveries=0 if puller is None else puller.recoveries,
             dropped=source.dropped if isinstance(source, CoreListener) else 0,
+            redelivered_held=0 if puller is None else puller.redelivered_held,
+            progress_acks=0 if puller is None else puller.progress_acks,
         )
 
     def requeue(self, delivery: Delivery, delay: float) -> None:
@@ -185,12 +226,12 @@ class Puller:
     Each request has its own reply subject (``<inbox>.<n>``), so the ``408`` ending an expired request
     names it and says how many messages it did not get (``Nats-Pending-Messages``). Deliveries carry the
     stream subject, not the request's, so they are attributed to the oldest live request; the total owed
-    stays exact and is corrected by every ``408``. nats-server 2.9 quirks handled here (both measured): it
-    drops an expired request without a ``408`` when a message is ready (such a request is forgotten
-    ``_REQUEST_GRACE`` s after its expiry), and it loses a redelivery (until ``ack_wait``) that finds no
-    valid waiting request, so a fresh request is always sent ``_renew`` s before the newest one expires,
-    even with the window full. No answer at all (no message, no status) for ``max(2 s, 4 * fetch_max_wait)``
-    while requests go out means the consumer may be gone (memory store after a restart, deleted): recover.
+    stays exact and is corrected by every ``408`` and the ``409`` statuses ending a request normally
+    (``Message Size Exceeds MaxBytes``: its ``max_bytes`` is used up; ``Batch Completed``: it was filled).
+    Every request ends with such a status on the servers the bus supports (2.11+); one never answered (lost
+    with a connection) is forgotten ``_REQUEST_GRACE`` s after its expiry and counted as vanished. No answer
+    at all (no message, no status) for ``max(2 s, 4 * fetch_max_wait)`` while requests go out means the
+    consumer may be gone (memory store after a restart, deleted): recover.
     """
 
     def __init__(
@@ -202,6 +243,9 @@ class Puller:
         batch: int,
         max_wait: float,
         recover: Callable[[], Awaitable[object]],
+        *,
+        max_bytes: int,
+        ack_wait: float,
     ) -> None:
         self._nc = nc
         self._sub = sub
@@ -214,6 +258,13 @@ class Puller:
         self._max_wait = max_wait
         self._renew = max(0.005, 0.2 * max_wait)  # send the next request this long before expiry
         self._expires = int(max_wait * 1e9)
+        self._max_bytes = max_bytes
+        self._ack_wait = ack_wait
+        self._progress_every = ack_wait / 3  # +WPI for every held delivery this often (see keep_alive)
+        self._progress_due = 0.0
+        self._progressing = False
+        self._out = sub.out
+        self._settled = sub.settled
         self._recover = recover
         self._inbox = ""
         self._nsub: Any = None
@@ -226,12 +277,15 @@ class Puller:
         self._pulling = self._recovering = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.received = self.statuses = self.requests_sent = self.vanished = self.recoveries = 0
+        self.redelivered_held = self.progress_acks = 0
+        self._warned_at = -math.inf
         self._heard = self._sent_at_heard = 0  # messages + statuses, and requests sent, at the last answer
         self._heard_at = 0.0
         self._silence = max(2.0, 4 * max_wait)  # no answer at all for this long: the consumer may be gone
 
     async def start(self) -> None:
         self._heard_at = asyncio.get_running_loop().time()
+        self._progress_due = self._heard_at + self._progress_every
         self._inbox = self._nc.new_inbox()
         self._nsub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_msg)
         self._pulling = True
@@ -248,14 +302,41 @@ class Puller:
                 request.remaining -= 1
                 self.outstanding -= 1
                 break
-        if self.stopping:
+        attempt, seq = ack_info(reply)
+        if seq in self._out:  # redelivered while still held here: the held one is acked/kept alive instead
+            self._redelivered(seq)
+        elif seq in self._settled:  # redelivered while its ack was on the way: settle the copy the same way
+            self._redelivered(seq)
+            await self._nc.publish(reply, self._settled[seq])
+        elif self.stopping:
             await self._nc.publish(reply, NAK)
             return
-        self.held += 1
-        token = JsToken(reply, self._sub)
-        self._pipe.put_nowait(to_delivery(self._topic, msg.data, msg.headers, attempt_of(reply), token))
+        else:
+            self.held += 1
+            token = JsToken(reply, seq, self._sub)
+            if seq:
+                self._out[seq] = token
+            self._pipe.put_nowait(to_delivery(self._topic, msg.data, msg.headers, attempt, token))
         if self.outstanding == 0:
             self._schedule_pull()
+
+    def _redelivered(self, seq: int) -> None:
+        self.redelivered_held += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            logger.warning(
+                "JetStream redelivered message %d of %r (group %r) while it was still held here (waiting, "
+                "being handled or its ack on the way; %d such redeliveries so far): the duplicate was dropped, "
+                "but another instance of the group may have handled it too; progress acks did not reach the "
+                "server within ack_wait=%g s (connection lost or the event loop blocked?): raise "
+                "NatsConfig.ack_wait",
+                seq,
+                self._topic,
+                self._sub.group,
+                self.redelivered_held,
+                self._ack_wait,
+            )
 
     def _on_status(self, subject: str, headers: dict[str, str]) -> None:
         self.statuses += 1
@@ -266,7 +347,9 @@ class Puller:
         pending = headers.get(_PENDING)
         unfilled = int(pending) if pending is not None and pending.isdigit() else request.remaining
         self._end(subject, request, unfilled)
-        if status not in ("404", "408"):
+        if status == "409" and headers.get("Description") in _NORMAL_409:
+            pass
+        elif status not in ("404", "408"):
             logger.info("pull request of %r ended with status %s %s", self._topic, status, headers)
             if status in ("409", "503"):
                 self._start_recover()
@@ -297,16 +380,17 @@ class Puller:
         task.add_done_callback(self._tasks.discard)
 
     def _wanted(self, now: float) -> int:
-        """Messages to request now (0: none): keep the window full and one request always waiting.
+        """Messages to request now (0: none): keep the window full and, while it has room, one request waiting.
 
-        A request is sent whenever none would still be waiting ``_renew`` s from now, even with the window
-        full (then it may exceed the window by less than one batch until the expiring ones end): nats-server
-        2.9 drops a redelivery (until ``ack_wait``) that finds no valid waiting request.
+        A request is sent whenever none would still be waiting ``_renew`` s from now and the window has room,
+        so no message waits on the server for a request to be renewed (latency).
         """
         free = self._window - self.outstanding - self.held
+        if free <= 0:
+            return 0
         waiting = any(r.remaining > 0 and r.expires_at - now > self._renew for r in self._requests.values())
         if not waiting:
-            return min(self._batch, max(1, free + self._batch))
+            return min(self._batch, free)
         return min(self._batch, free) if free >= self._threshold else 0
 
     def _schedule_pull(self) -> None:
@@ -329,18 +413,29 @@ class Puller:
                 self.outstanding += n
                 self.requests_sent += 1
                 loop.call_later(self._max_wait - self._renew, self._schedule_pull)
-                await self._nc.publish(self._api, b'{"batch":%d,"expires":%d}' % (n, self._expires), reply=reply)
+                await self._nc.publish(self._api, self._request(n), reply=reply)
         except Exception as exc:  # the connection went away: the janitor or the reconnect re-pulls
             logger.debug("pull request for %r not sent: %r", self._topic, exc)
         finally:
             self._pulling = False
+
+    def _request(self, n: int) -> bytes:
+        """The body of a pull request for ``n`` messages (a pinned priority group adds its fields here)."""
+        return b'{"batch":%d,"expires":%d,"max_bytes":%d}' % (n, self._expires, self._max_bytes)
 
     def check(self, now: float) -> None:
         """Janitor tick (loop thread): forget ended requests, recover if the consumer looks gone."""
         heard = self.received + self.statuses
         if heard != self._heard:
             self._heard, self._heard_at, self._sent_at_heard = heard, now, self.requests_sent
-        if self.stopping or self._recovering or not self._nc.is_connected:
+        if self.stopping or not self._nc.is_connected:
+            return
+        if now >= self._progress_due and not self._progressing:
+            self._progress_due = now + self._progress_every
+            if self._out:
+                self._progressing = True
+                self._spawn(self.keep_alive())
+        if self._recovering:
             return
         for subject, request in list(self._requests.items()):
             if request.remaining == 0 and request.expires_at < now:  # filled: the server sends no status
@@ -353,6 +448,23 @@ class Puller:
             self._start_recover()
         else:
             self._schedule_pull()
+
+    async def keep_alive(self) -> None:
+        """Send a progress ack (``+WPI``) for every delivery held here (in the pipe, a lane or a handler).
+
+        Runs every ``ack_wait / 3`` on the loop (started by :meth:`check`): one pass over the held set, no
+        crossing, nothing per message on the hot path. The server restarts each message's ``ack_wait``, so a
+        backlog waiting in a lane is not redelivered while it waits.
+        """
+        try:
+            publish = self._nc.publish
+            for token in list(self._out.values()):
+                await publish(token.reply, PROGRESS)
+                self.progress_acks += 1
+        except Exception as exc:  # connection lost: the server may redeliver; recognised by sequence
+            logger.debug("progress acks for %r not sent: %r", self._topic, exc)
+        finally:
+            self._progressing = False
 
     def reset(self) -> None:
         """After a reconnect: forget outstanding requests, make sure the consumer exists, pull again."""
@@ -446,94 +558,3 @@ class CoreListener:
             logger.debug("unsubscribing from %r failed: %r", self._sub.topic, exc)
         finally:
             self._pipe.close()
-
-
-class Settler:
-    """Sends acks, naks and terms in batches without ever blocking (see module docstring)."""
-
-    def __init__(self) -> None:
-        self._bridge: Bridge | None = None
-        self._nc: Any = None
-        self._inbox: LoopInbox[tuple[str, bytes]] | None = None
-        self.acks = self.naks = self.terms = self.failed = self.dropped = 0
-
-    @property
-    def queued(self) -> int:
-        return 0 if self._inbox is None else len(self._inbox)
-
-    @property
-    def batches(self) -> int:
-        return 0 if self._inbox is None else self._inbox.passes
-
-    def attach(self, bridge: Bridge, nc: Any) -> None:
-        self._bridge, self._nc = bridge, nc
-        self._inbox = LoopInbox(bridge, self._send)
-
-    def _queue(self, items: list[tuple[str, bytes]]) -> None:
-        if self._inbox is None or not items:
-            return
-        try:
-            self._inbox.put(items)
-        except BridgeError:  # the connection is closed: the server redelivers after ack_wait
-            self.dropped += len(items)
-
-    def settle(self, delivery: Delivery, disposition: Disposition, delay: float) -> None:
-        """Queue one settlement; never blocks. Settling a delivery twice is ignored."""
-        token = delivery.token
-        if type(token) is JsToken:
-            held = token.sub.held
-            if token not in held:
-                return
-            held.remove(token)
-            if disposition is Disposition.ACK:
-                self.acks += 1
-                payload = ACK
-            elif disposition is Disposition.NAK:
-                self.naks += 1
-                payload = nak_delay(delay)
-            else:
-                self.terms += 1
-                payload = TERM
-            self._queue([(token.reply, payload)])
-        elif type(token) is CoreToken and disposition is Disposition.NAK:
-            self.naks += 1
-            token.sub.requeue(delivery, delay)
-
-    def nak_all(self, deliveries: Sequence[Delivery]) -> None:
-        """Nak deliveries the bus never saw or never settled (redelivered to the group at once)."""
-        out = []
-        for delivery in deliveries:
-            token = delivery.token
-            if type(token) is JsToken:
-                token.sub.held.discard(token)
-                out.append((token.reply, NAK))
-        self.naks += len(out)
-        self._queue(out)
-
-    def nak_held(self, sub: Subscription) -> None:
-        """Nak every delivery of ``sub`` handed to the bus and never settled."""
-        out = [(token.reply, NAK) for token in sub.held]
-        sub.held.clear()
-        self.naks += len(out)
-        self._queue(out)
-
-    async def flush(self) -> None:
-        """Wait until every settlement queued so far was handed to the connection."""
-        if self._bridge is not None and self._inbox is not None:
-            await self._bridge.run(self._inbox.wait_idle)
-
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:  # loop thread
-        self.failed += await _send(self._nc, batch)
-
-
-async def _send(nc: Any, batch: list[tuple[str, bytes]]) -> int:
-    publish = nc.publish
-    failed = 0
-    for reply, payload in batch:
-        try:
-            await publish(reply, payload)
-        except Exception:  # connection closed: the server redelivers after ack_wait
-            failed += 1
-    if failed:
-        logger.debug("%d of %d acks could not be sent", failed, len(batch))
-    return failed

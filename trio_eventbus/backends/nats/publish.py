@@ -17,6 +17,11 @@ or ``publish_timeout`` seconds without an answer (a server restart lost it; the 
 fails it). A late answer after that is ignored. Ephemeral (core NATS) messages succeed once written to the
 connection's buffer: core NATS has no acks.
 
+Size: a message whose body plus NATS header block passes the server's ``max_payload`` (from its INFO) would
+make the server close the connection (and nats-py would resend it after every reconnect): it gets a failed
+outcome (:class:`MessageTooLargeError`, a ``PublishError``) before it is written, alone; the rest of the batch
+goes through. nats-py checks the body alone; the header block is counted here.
+
 Backpressure: the bus's publish window bounds the messages between ``send`` and their outcome; at most
 ``max_pending_publishes`` PubAcks are awaited at once: when that many are, the worker waits for answers
 (and so outcomes stop and the bus's window fills). Ordering: one worker writes in ``send`` order, which keeps
@@ -39,10 +44,10 @@ import trio
 from nats.js.errors import APIError
 
 from ..._abc import Outcome
-from ..._exceptions import PublishError, translate_exception
+from ..._exceptions import MessageTooLargeError, PublishError, translate_exception
 from .._bridge import BatchPipe, Bridge
 from .._bridge.inbox import LoopInbox
-from .wire import NATS_PUBLISH_ERRORS
+from .wire import NATS_PUBLISH_ERRORS, too_large
 
 __all__ = ["PublishTimeout", "Publisher", "WireItem"]
 
@@ -138,8 +143,13 @@ class Publisher:
         publish, prefix, inflight, deadlines = self._nc.publish, self._prefix, self._inflight, self._deadlines
         now: list[Outcome] = []
         index = 0
+        limit = self._nc.max_payload  # the server's, from its INFO (may change with a reconnect)
         try:
             for index, (seq, subject, body, headers, persistent) in enumerate(items):  # noqa: B007 - index is read after the loop (where it stopped)
+                if (headers is not None or len(body) > limit) and (size := too_large(body, headers, limit)):
+                    self.failed += 1  # the server would close the connection on it: fail it alone
+                    now.append(Outcome((seq,), _too_large_error(subject, size, limit)))
+                    continue
                 if persistent:
                     while len(inflight) >= self._max_pending and not self.abandoned:
                         self._space = asyncio.Event()
@@ -253,6 +263,14 @@ class Publisher:
 
 class _Abandoned(Exception):
     pass
+
+
+def _too_large_error(subject: str, size: int, limit: int) -> MessageTooLargeError:
+    return MessageTooLargeError(
+        f"message to {subject!r} is {size} bytes with its NATS headers, more than the server's max_payload of "
+        f"{limit} (refused before sending it: the server would close the connection): raise max_payload in the "
+        "nats-server configuration or lower BusOptions.max_message_bytes"
+    )
 
 
 def _ack_error(msg: Any) -> PublishError | None:

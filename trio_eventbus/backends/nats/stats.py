@@ -33,6 +33,10 @@ class NatsSubscriptionStatistics:
     consumer_recoveries: int
     #: Core messages dropped because the subscription's buffer was full (0 for JetStream).
     dropped: int
+    #: Redeliveries of a message still held here (queued or running), recognised by stream sequence and dropped.
+    redelivered_held: int
+    #: Progress acks (``+WPI``) sent for held deliveries (every ``ack_wait / 3`` s).
+    progress_acks: int
 
 
 @attrs.frozen(slots=True, kw_only=True)

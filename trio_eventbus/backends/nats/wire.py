@@ -36,15 +36,19 @@ __all__ = [
     "H_ENCODING",
     "H_KEY",
     "H_MSG_ID",
+    "MIN_SERVER_VERSION",
     "NAK",
     "NATS_ERRORS",
     "NATS_PUBLISH_ERRORS",
+    "PROGRESS",
     "TERM",
-    "attempt_of",
+    "ack_info",
     "durable_name",
     "nak_delay",
+    "server_version_error",
     "stream_name",
     "to_delivery",
+    "too_large",
     "wire_message",
 ]
 
@@ -60,6 +64,11 @@ _MAX_STREAM_NAME = 255  # the stream name is a directory name in the server's st
 ACK = b"+ACK"
 NAK = b"-NAK"
 TERM = b"+TERM"
+PROGRESS = b"+WPI"  # "work in progress": the server restarts the message's ack_wait
+
+#: Oldest nats-server the backend accepts: priority groups with pinned clients (what partitioned consumer groups
+#: build on) arrived in 2.11. The first connect refuses an older server with BackendUnavailable.
+MIN_SERVER_VERSION = (2, 11, 0)
 
 
 def stream_name(prefix: str, topic: str) -> str:
@@ -109,17 +118,33 @@ def wire_message(
     return body, out or None
 
 
-def attempt_of(reply: str) -> int:
-    """JetStream's delivery count from an ack subject (``$JS.ACK.<stream>.<consumer>.<delivered>...``)."""
+def too_large(body: bytes, headers: Mapping[str, str] | None, limit: int) -> int:
+    """0 if ``body`` with the NATS header block of ``headers`` fits in ``limit`` bytes, else its size.
+
+    The header block is ``NATS/1.0\\r\\n``, ``Name: value\\r\\n`` per header and ``\\r\\n``. Usually decided by
+    character counts alone (a character is at most 4 bytes of UTF-8); the exact count only near the limit.
+    """
+    size = len(body)
+    if headers:
+        chars = sum(map(len, headers)) + sum(map(len, headers.values()))
+        if size + 4 * chars + 4 * len(headers) + 12 <= limit:
+            return 0
+        size += 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return size if size > limit else 0
+
+
+def ack_info(reply: str) -> tuple[int, int]:
+    """(delivery count, stream sequence) from an ack subject (``$JS.ACK.<stream>.<consumer>.<delivered>.
+    <stream seq>...``); ``(1, 0)`` when it cannot be parsed (then the delivery is not recognised again)."""
     tokens = reply.split(".")
     try:
         if len(tokens) == 9:  # v1: $JS.ACK.stream.consumer.delivered.sseq.cseq.ts.pending
-            return int(tokens[4])
-        if len(tokens) >= 11:  # v2: $JS.ACK.domain.account.stream.consumer.delivered...
-            return int(tokens[6])
+            return int(tokens[4]), int(tokens[5])
+        if len(tokens) >= 11:  # v2: $JS.ACK.domain.account.stream.consumer.delivered.sseq...
+            return int(tokens[6]), int(tokens[7])
     except ValueError:
         pass
-    return 1
+    return 1, 0
 
 
 def to_delivery(topic: str, body: bytes, headers: Mapping[str, str] | None, attempt: int, token: object) -> Delivery:
@@ -143,6 +168,22 @@ def to_delivery(topic: str, body: bytes, headers: Mapping[str, str] | None, atte
             logger.warning("cannot decompress a message of %r (%r): delivering it as it is", topic, exc)
             clean[H_ENCODING] = encoding
     return Delivery(topic, body, clean, key or None, message_id, attempt, token)
+
+
+def server_version_error(found: str, servers: str) -> BackendUnavailable | None:
+    """The error refusing a server older than :data:`MIN_SERVER_VERSION` (``None``: new enough)."""
+    numbers: list[int] = []
+    for part in found.split("-", 1)[0].split(".")[:3]:
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    if len(numbers) == 3 and tuple(numbers) >= MIN_SERVER_VERSION:
+        return None
+    minimum = ".".join(map(str, MIN_SERVER_VERSION))
+    return BackendUnavailable(
+        f"NATS at {servers} runs nats-server {found or 'of unknown version'}; trio_eventbus needs {minimum} or "
+        "newer (JetStream priority groups with pinned clients): upgrade the server"
+    )
 
 
 #: Errors of the connection and JetStream API calls (nats-py's own, socket errors, timeouts) as bus errors,
