@@ -414,6 +414,8 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             lane_depth_max=max(depths, default=0),
             lanes_busy=d.lanes.busy,
             worker_queue_depth=sum(d.workers.depths()),
+            buffered_bytes=d.router.budget.held,
+            buffered_bytes_max=d.router.budget.peak,
             results_dropped=p.results_dropped,
             callback_errors=p.callback_errors,
             tasks_alive=0 if self._nursery is None else len(self._nursery.child_tasks),

@@ -14,6 +14,7 @@ from typing import Literal
 import attrs
 
 from . import _validate as v
+from ._exceptions import InvalidOptionError
 from ._statistics import BackendStatistics
 from ._validate import validate_group, validate_topic
 
@@ -26,6 +27,9 @@ __all__ = [
     "validate_group",
     "validate_topic",
 ]
+
+#: ``BusOptions.max_buffered_bytes`` when ``None``: this many messages of ``max_message_bytes``.
+BUFFERED_MESSAGES_DEFAULT = 64
 
 _positive_int = v.positive_int
 _optional_positive_int = v.optional(v.positive_int)
@@ -117,6 +121,11 @@ class BusOptions:
       an exception in it is logged and counted, never propagated.
     - ``max_message_bytes``: largest encoded body accepted by ``publish`` (NATS and Kafka default to 1 MiB).
     - ``group``: the consumer group of subscriptions that do not name one.
+    - ``max_buffered_bytes``: most bytes (``len(body)``) of fetched deliveries the lanes and the worker pool
+      hold at once, queued or being handled, until each is settled; the fetchers wait beyond it (as at a full
+      lane). ``None``: 64 * ``max_message_bytes`` (64 MiB by default). At least ``max_message_bytes``; one
+      delivery is always admitted when nothing is held, so the bytes held pass it by one message at most.
+      The count bounds (``lane_buffer``, ``worker_buffer``) hold as well.
     - ``middleware``: async ``middleware(ctx, call_next)`` wrappers around every handler call, outermost first
       (see ``trio_eventbus.HandlerContext``): once per attempt, for tracing, metrics, an inbox.
     """
@@ -135,6 +144,22 @@ class BusOptions:
     middleware: tuple[Callable[..., object], ...] = attrs.field(default=(), validator=v.callables)
     max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
     group: str = attrs.field(default="default", validator=v.group_name)
+    max_buffered_bytes: int | None = attrs.field(default=None, validator=_optional_positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_buffered_bytes is not None and self.max_buffered_bytes < self.max_message_bytes:
+            raise InvalidOptionError(
+                f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least max_message_bytes "
+                f"({self.max_message_bytes}): a message of that size must fit",
+                field="max_buffered_bytes",
+            )
+
+    @property
+    def buffered_bytes_limit(self) -> int:
+        """``max_buffered_bytes``, or its default: ``BUFFERED_MESSAGES_DEFAULT`` * ``max_message_bytes``."""
+        if self.max_buffered_bytes is not None:
+            return self.max_buffered_bytes
+        return BUFFERED_MESSAGES_DEFAULT * self.max_message_bytes
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -174,6 +199,11 @@ class Statistics:
     lanes_busy: int
     #: Keyless deliveries waiting for a worker.
     worker_queue_depth: int
+    #: Bytes of the deliveries the lanes and workers hold right now, queued or being handled (bounded by
+    #: ``BusOptions.max_buffered_bytes`` plus one message).
+    buffered_bytes: int
+    #: The highest ``buffered_bytes`` since the bus opened.
+    buffered_bytes_max: int
     #: Publish results not delivered: the channel was closed by its reader, or still full at the close deadline.
     results_dropped: int
     #: Exceptions raised by ``BusOptions.on_publish_result`` (logged, never propagated).
