@@ -75,5 +75,9 @@ class ByteBudget:
         if self.waiting and held <= self.resume_at:
             self._lot.unpark_all()
 
+    def wake(self) -> None:
+        """Wake the waiting router (the lanes' inline release calls it once half the limit is free)."""
+        self._lot.unpark_all()
+
     def __repr__(self) -> str:
         return f"<ByteBudget held={self.held} limit={self.limit} peak={self.peak} waiting={self.waiting}>"

@@ -68,7 +68,8 @@ class ChannelTasks(Generic[A]):
         task_status.started()
         held: Work[A] | None = None
         cancelled = False
-        release = self._budget.release
+        budget = self._budget
+        release = budget.release
         scope = trio.CancelScope()
         self._scopes.append(scope)
         if self._cancelled:
@@ -89,7 +90,10 @@ class ChannelTasks(Generic[A]):
                     finally:
                         self.busy -= 1
                     held = None
-                    release(item[2])
+                    # ByteBudget.release, inline (once per message): wake the router at half the budget
+                    left = budget.held = budget.held - item[2]
+                    if budget.waiting and left <= budget.resume_at:
+                        budget.wake()
             cancelled = scope.cancelled_caught  # by cancel()
         except trio.Cancelled:  # from outside (hard stop)
             cancelled = True
