@@ -91,8 +91,8 @@ class ChannelTasks(Generic[A]):
                         self.busy -= 1
                     held = None
                     # ByteBudget.release, inline (once per message): wake the router at half the budget
-                    left = budget.held = budget.held - item[2]
-                    if budget.waiting and left <= budget.resume_at:
+                    budget.held -= item[2]
+                    if budget.waiting and budget.held <= budget.resume_at:
                         budget.wake()
             cancelled = scope.cancelled_caught  # by cancel()
         except trio.Cancelled:  # from outside (hard stop)
