@@ -64,6 +64,7 @@ _FEATURES = BackendFeatures(
     ephemeral_topics=True,
 )
 _subscriber_ids = itertools.count(1)
+_FETCH_BYTES = 8 * 1024 * 1024  # MemoryConfig.fetch_bytes by default
 
 
 @attrs.define(slots=True, eq=False)
@@ -303,7 +304,7 @@ class MemoryConfig:
 
     broker: MemoryBroker | None = attrs.field(default=None, eq=False)
     fetch_batch: int = attrs.field(default=256, validator=v.positive_int)
-    fetch_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=v.positive_int)
+    fetch_bytes: int = attrs.field(default=_FETCH_BYTES, validator=v.positive_int)
 
     def create_backend(self) -> MemoryBackend:
         """A backend on the shared broker, or on a new private one."""
@@ -323,7 +324,7 @@ class MemoryBackend:
 
     features = _FEATURES
 
-    def __init__(self, broker: MemoryBroker, fetch_batch: int, fetch_bytes: int) -> None:
+    def __init__(self, broker: MemoryBroker, fetch_batch: int, fetch_bytes: int = _FETCH_BYTES) -> None:
         self.broker = broker
         self._fetch_batch = fetch_batch
         self._fetch_bytes = fetch_bytes
