@@ -453,6 +453,8 @@ async def open_bus(config: BackendConfig, *, options: BusOptions | None = None) 
     if not isinstance(options, BusOptions):
         raise TypeError(f"options must be a BusOptions, not {type(options).__name__}")
     backend = config.create_backend()
+    if (configure := getattr(backend, "configure_for_bus", None)) is not None:
+        configure(options)  # optional backend hook: sizes derived from the bus's (the Kafka fetch byte bounds)
     bus = EventBus._create(backend, options)
     publisher = bus._publisher
     try:
