@@ -194,3 +194,43 @@ async def test_memory_fetch_batches_are_bounded_by_bytes() -> None:
     assert teb.MemoryConfig().fetch_bytes == 8 * MiB
     with pytest.raises(teb.InvalidOptionError, match="fetch_bytes"):
         teb.MemoryConfig(fetch_bytes=0)
+
+
+async def test_dead_letters_from_lanes_holding_the_whole_budget_do_not_deadlock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every message fails and is dead-lettered while the lanes hold the whole budget and the fetcher waits on
+    it; the dead-letter topic is consumed by the same bus (its fetcher waits on the same budget). The
+    dead-letter publishes wait for the broker, not for the budget: every message reaches the dead-letter
+    handler."""
+    messages, size = 30, 10_000
+    options = teb.BusOptions(
+        max_message_bytes=2 * size,  # room for the dead letter's headers
+        max_buffered_bytes=3 * size,
+        retry=teb.RetryPolicy(max_attempts=2, initial_backoff=0.01),
+    )
+    dead: set[bytes] = set()
+    done = trio.Event()
+
+    async def failing(message: teb.Message) -> None:
+        raise ValueError("never handled")
+
+    async def on_dead(message: teb.Message) -> None:
+        dead.add(message.data[:6])
+        if len(dead) == messages:
+            done.set()
+
+    with trio.fail_after(600):
+        async with teb.open_bus(teb.MemoryConfig(), options=options) as bus:
+            await bus.subscribe("work", failing, group="g")
+            await bus.subscribe("work.dlq", on_dead, group="g")
+            for i in range(messages):
+                await bus.publish("work", b"%06d" % i + b"." * (size - 6), key=f"k{i % 3}")
+            await done.wait()
+            stats = bus.statistics()
+    print(
+        f"\ndead-lettered={stats.dead_lettered} dead letters handled={len(dead)} of {messages}; "
+        f"peak buffered={stats.buffered_bytes_max:,} B (budget {3 * size:,} B)"
+    )
+    assert stats.dead_lettered == messages
+    assert stats.buffered_bytes_max <= 3 * size + 2 * size
