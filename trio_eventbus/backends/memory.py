@@ -204,14 +204,21 @@ class _Topic:
         if group.next < base:
             group.next = base
             group.floor = max(group.floor, base)
-        log = self.log
-        while group.next < self.end and len(out) < limit:
-            offset = group.next
-            size += len(log[offset - base].body)
+        # _hand_out, inline: one deque index per message
+        log, end, inflight, counts, append = self.log, self.end, group.inflight, group.counts, out.append
+        offset = group.next
+        room = limit - len(out)
+        while offset < end and room:
+            stored = log[offset - base]
+            size += len(stored.body)
             if size > max_bytes and out:
                 break
-            group.next += 1
-            out.append(self._hand_out(group, subscriber, offset))
+            inflight[offset] = subscriber
+            count = counts[offset] = counts.get(offset, 0) + 1
+            append((stored, count))
+            offset += 1
+            room -= 1
+        group.next = offset
         return out
 
     def _hand_out(self, group: _Group, subscriber: int, offset: int) -> tuple[_Stored, int]:
