@@ -84,14 +84,15 @@ class ChannelTasks(Generic[A]):
                             continue
                         break
                     held = item
+                    run, arg, size = item
                     self.busy += 1
                     try:
-                        await item[0](item[1])
+                        await run(arg)
                     finally:
                         self.busy -= 1
                     held = None
                     # ByteBudget.release, inline (once per message): wake the router at half the budget
-                    budget.held -= item[2]
+                    budget.held -= size
                     if budget.waiting and budget.held <= budget.resume_at:
                         budget.wake()
             cancelled = scope.cancelled_caught  # by cancel()
