@@ -204,15 +204,17 @@ class _Topic:
         if group.next < base:
             group.next = base
             group.floor = max(group.floor, base)
-        # _hand_out, inline: one deque index per message
+        # _hand_out, inline: one deque index per message; no byte count when the whole log fits max_bytes
         log, end, inflight, counts, append = self.log, self.end, group.inflight, group.counts, out.append
         offset = group.next
         room = limit - len(out)
+        count_bytes = size + self.bytes > max_bytes
         while offset < end and room:
             stored = log[offset - base]
-            size += len(stored.body)
-            if size > max_bytes and out:
-                break
+            if count_bytes:
+                size += len(stored.body)
+                if size > max_bytes and out:
+                    break
             inflight[offset] = subscriber
             count = counts[offset] = counts.get(offset, 0) + 1
             append((stored, count))
