@@ -337,8 +337,9 @@ class GroupConsumer:
                 self.request_flow(part, pause=True)
 
     def released_bytes(self, size: int) -> None:
-        """``size`` bytes of records were settled or dropped (from ``Partition``; sync, never blocks): once
-        half of ``pause_bytes`` is free, resume the partitions that their record counts do not hold paused."""
+        """``size`` bytes of records were settled or dropped (from ``Partition``; sync, never blocks; a settle
+        subtracts inline and calls this with 0 only while paused): once half of ``pause_bytes`` is free,
+        resume the partitions that their record counts do not hold paused."""
         left = self.unsettled_bytes = self.unsettled_bytes - size
         if self.bytes_paused and left <= self.resume_bytes:
             self.bytes_paused = False

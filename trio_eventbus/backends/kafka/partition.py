@@ -92,7 +92,9 @@ class Partition:
         self.inflight -= 1
         self.unsettled -= 1
         group = self.group
-        group.released_bytes(size)
+        group.unsettled_bytes -= size
+        if group.bytes_paused:
+            group.released_bytes(0)
         if done:
             offsets = self.offsets
             if offsets and offsets[0] == offset:
