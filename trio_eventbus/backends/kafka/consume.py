@@ -325,12 +325,7 @@ class GroupConsumer:
     def _pause_for_bytes(self) -> None:
         """The group holds more than ``pause_bytes`` of unsettled records: pause every partition."""
         self.bytes_paused = True
-        logger.debug(
-            "group %r holds %d bytes of unsettled records (pause_bytes %d): pausing its partitions",
-            self.name,
-            self.unsettled_bytes,
-            self.pause_bytes,
-        )
+        logger.debug("group %r holds %d unsettled bytes: pausing its partitions", self.name, self.unsettled_bytes)
         for part in self._parts.values():
             if not part.paused and not part.halted:
                 part.paused = True
