@@ -13,6 +13,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_eventbus._dispatch.budget import ByteBudget
 from trio_eventbus._dispatch.lanes import KeyedLanes, fnv1a_32
 from trio_eventbus._dispatch.router import Router
 from trio_eventbus._dispatch.settle import Counters
@@ -37,6 +38,7 @@ def router(
         worker_buffer=worker_buffer,
         abandon=abandon or (lambda d: None),
         counters=Counters(),
+        max_buffered_bytes=1 << 30,
     )
 
 
@@ -49,7 +51,7 @@ def test_fnv1a_32_known_vectors(data: bytes, expected: int) -> None:
 
 
 def test_lane_of_is_stable_and_spreads() -> None:
-    lanes: KeyedLanes[object] = KeyedLanes(16, 4, lambda arg: None)
+    lanes: KeyedLanes[object] = KeyedLanes(16, 4, lambda arg: None, ByteBudget(1 << 30))
     assert lanes.lane_of("order-1") == fnv1a_32(b"order-1") % 16
     spread = {lanes.lane_of(f"order-{i}") for i in range(200)}
     assert len(spread) == 16

@@ -626,6 +626,8 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
             lane_depth_max=max(depths, default=0),
             lanes_busy=d.lanes.busy,
             worker_queue_depth=sum(d.workers.depths()),
+            buffered_bytes=d.router.budget.held,
+            buffered_bytes_max=d.router.budget.peak,
             results_dropped=p.results_dropped,
             callback_errors=p.callback_errors,
             tasks_alive=0 if self._nursery is None else len(self._nursery.child_tasks),
@@ -664,6 +666,8 @@ async def open_bus(config: BackendConfig, *, options: BusOptions | None = None) 
     if not isinstance(options, BusOptions):
         raise TypeError(f"options must be a BusOptions, not {type(options).__name__}")
     backend = config.create_backend()
+    if (configure := getattr(backend, "configure_for_bus", None)) is not None:
+        configure(options)  # optional backend hook: sizes derived from the bus's (the Kafka fetch byte bounds)
     bus = EventBus._create(backend, options)
     publisher = bus._publisher
     try:

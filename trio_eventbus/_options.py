@@ -30,6 +30,9 @@ __all__ = [
     "validate_topic",
 ]
 
+#: ``BusOptions.max_buffered_bytes`` when ``None``: this many messages of ``max_message_bytes``.
+BUFFERED_MESSAGES_DEFAULT = 64
+
 _positive_int = v.positive_int
 _optional_positive_int = v.optional(v.positive_int)
 _positive_float = v.positive_float
@@ -188,6 +191,11 @@ class BusOptions:
       that do not name one (``subscribe(..., group=...)``). With neither, ``subscribe`` raises
       :class:`InvalidOptionError`: there is no implicit group, so two unrelated services never share one
       by accident (on every backend, the memory broker included).
+    - ``max_buffered_bytes``: most bytes (``len(body)``) of fetched deliveries the lanes and the worker pool
+      hold at once, queued or being handled, until each is settled; the fetchers wait beyond it (as at a full
+      lane). ``None``: 64 * ``max_message_bytes`` (64 MiB by default). At least ``max_message_bytes``; one
+      delivery is always admitted when nothing is held, so the bytes held pass it by one message at most.
+      The count bounds (``lane_buffer``, ``worker_buffer``) hold as well.
     - ``middleware``: async ``middleware(ctx, call_next)`` wrappers around every handler call, outermost first
       (see ``trio_eventbus.HandlerContext``): once per attempt, for tracing, metrics, an inbox.
     """
@@ -216,6 +224,17 @@ class BusOptions:
     def pending_bytes_limit(self) -> int:
         """``max_pending_bytes``, or the derived default ``64 * max_message_bytes``."""
         return 64 * self.max_message_bytes if self.max_pending_bytes is None else self.max_pending_bytes
+
+    max_buffered_bytes: int | None = attrs.field(
+        default=None, validator=v.optional(v.at_least_field("max_message_bytes"))
+    )
+
+    @property
+    def buffered_bytes_limit(self) -> int:
+        """``max_buffered_bytes``, or its default: ``BUFFERED_MESSAGES_DEFAULT`` * ``max_message_bytes``."""
+        if self.max_buffered_bytes is not None:
+            return self.max_buffered_bytes
+        return BUFFERED_MESSAGES_DEFAULT * self.max_message_bytes
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -262,6 +281,11 @@ class Statistics:
     lanes_busy: int
     #: Keyless deliveries waiting for a worker.
     worker_queue_depth: int
+    #: Bytes of the deliveries the lanes and workers hold right now, queued or being handled (bounded by
+    #: ``BusOptions.max_buffered_bytes`` plus one message).
+    buffered_bytes: int
+    #: The highest ``buffered_bytes`` since the bus opened.
+    buffered_bytes_max: int
     #: Publish results not delivered: the channel was closed by its reader, or still full at the close deadline;
     #: or the ``on_publish_results`` task was cancelled (hard stop) or passed its close deadline before taking them.
     results_dropped: int

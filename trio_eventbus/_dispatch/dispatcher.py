@@ -61,6 +61,7 @@ class Dispatcher:
             worker_buffer=options.worker_buffer,
             abandon=self._settle.abandon,
             counters=self.counters,
+            max_buffered_bytes=options.buffered_bytes_limit,
         )
 
     @property

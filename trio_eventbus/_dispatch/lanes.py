@@ -7,7 +7,8 @@ at a time; different keys usually land on different lanes and run concurrently. 
 back only its own lane.
 
 Backpressure: a full lane refuses ``put_nowait`` and parks ``put`` until it has drained to half its buffer
-(the router, :mod:`.router`, is the only writer).
+(the router, :mod:`.router`, is the only writer). Bytes are bounded across all lanes and the worker pool by
+one :class:`~.budget.ByteBudget`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .._queue import BoundedQueue
+from .budget import ByteBudget
 from .workers import ChannelTasks, Work
 
 __all__ = ["KeyedLanes", "fnv1a_32"]
@@ -41,11 +43,11 @@ class KeyedLanes(ChannelTasks[A]):
     of a known key with one dict lookup; :meth:`queue_of` fills it.
     """
 
-    def __init__(self, lanes: int, buffer: int, abandon: Callable[[A], None]) -> None:
+    def __init__(self, lanes: int, buffer: int, abandon: Callable[[A], None], budget: ByteBudget) -> None:
         # a full lane takes its sender back once half drained: under saturation the feeder then routes a run of
         # messages per wake-up instead of alternating one-for-one with the lane task
         queues = [BoundedQueue[Work[A]](buffer, resume_at=buffer // 2) for _ in range(lanes)]
-        super().__init__(queues, abandon, "teb-lane")
+        super().__init__(queues, abandon, "teb-lane", budget)
         self._lanes = lanes
         self.by_key: dict[str, BoundedQueue[Work[A]]] = {}
 

@@ -5,8 +5,11 @@ the work item ``(run, delivery)`` (``run`` is the subscription's composed pipeli
 lane of its key (:class:`~.lanes.KeyedLanes`: per-key order) or, keyless, on the worker pool
 (:class:`~.workers.WorkerPool`: no order). It counts redeliveries (``attempt > 1``).
 
-Backpressure: while a queue has room a delivery is queued without awaiting; at a full queue ``route`` waits
-(the fetcher, hence the broker, waits with it) until the lane has drained to half its buffer. ``route`` is a
+Backpressure: while a queue has room and the bytes fit a delivery is queued without awaiting; at a full queue
+``route`` waits (the fetcher, hence the broker, waits with it) until the lane has drained to half its buffer.
+Bytes: ``len(body)`` of every delivery queued and not yet finished counts against one
+:class:`~.budget.ByteBudget` (``BusOptions.max_buffered_bytes``); when the next delivery would pass it,
+``route`` waits until half of it is free (a delivery is always admitted when nothing is held). ``route`` is a
 checkpoint once per batch, not per delivery.
 
 Closing and cancellation: after :meth:`Router.close_inputs` lanes and workers finish what they hold and exit;
@@ -22,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from .._abc import Delivery
+from .budget import ByteBudget
 from .lanes import KeyedLanes
 from .settle import Counters
 from .workers import WorkerPool
@@ -33,8 +37,9 @@ Run = Callable[[Delivery], Awaitable[None]]
 
 
 class Router:
-    """``lanes`` keyed lanes of ``lane_buffer`` and ``workers`` workers sharing ``worker_buffer`` (see the
-    module docstring); ``abandon`` naks a delivery that will not be handled."""
+    """``lanes`` keyed lanes of ``lane_buffer`` and ``workers`` workers sharing ``worker_buffer``, holding at
+    most ``max_buffered_bytes`` of bodies (see the module docstring); ``abandon`` naks a delivery that will not
+    be handled."""
 
     def __init__(
         self,
@@ -45,11 +50,13 @@ class Router:
         worker_buffer: int,
         abandon: Callable[[Delivery], None],
         counters: Counters,
+        max_buffered_bytes: int,
     ) -> None:
         self._abandon = abandon
         self._counters = counters
-        self.lanes: KeyedLanes[Delivery] = KeyedLanes(lanes, lane_buffer, abandon)
-        self.workers: WorkerPool[Delivery] = WorkerPool(workers, worker_buffer, abandon)
+        self.budget = ByteBudget(max_buffered_bytes)
+        self.lanes: KeyedLanes[Delivery] = KeyedLanes(lanes, lane_buffer, abandon, self.budget)
+        self.workers: WorkerPool[Delivery] = WorkerPool(workers, worker_buffer, abandon, self.budget)
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every lane and worker task in ``nursery``; returns when all run."""
@@ -62,9 +69,21 @@ class Router:
         by_key = self.lanes.by_key
         queue_of = self.lanes.queue_of
         pool = self.workers.queue
+        budget = self.budget
+        limit = budget.limit
+        # the bytes held are kept in a local between awaits: lanes release only while this task waits
+        held = budget.held
         for delivery in deliveries:
             if delivery.attempt > 1:
                 counters.redelivered += 1
+            size = len(delivery.body)
+            held += size
+            if held > limit and held != size:  # over the budget while something else is held: wait
+                budget.held = held - size
+                if held - size > budget.peak:
+                    budget.peak = held - size
+                await budget.acquire(size)
+                held = budget.held
             key = delivery.key
             if key:
                 queue = by_key.get(key)
@@ -72,16 +91,28 @@ class Router:
                     queue = queue_of(key)
             else:
                 queue = pool
-            item = (run, delivery)
+            item = (run, delivery, size)
             try:
                 queue.put_nowait(item)
             except trio.WouldBlock:
+                budget.held = held
+                if held > budget.peak:
+                    budget.peak = held
                 try:
                     await queue.put(item)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    budget.release(size)
                     self._abandon(delivery)
+                except BaseException:  # cancelled while waiting: the fetcher still owns the delivery
+                    budget.release(size)
+                    raise
+                held = budget.held
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                held -= size
                 self._abandon(delivery)  # the bus is stopping: hand it back for redelivery
+        budget.held = held
+        if held > budget.peak:
+            budget.peak = held
         await trio.lowlevel.checkpoint()
 
     def close_inputs(self) -> None:
@@ -90,7 +121,9 @@ class Router:
         self.workers.close_inputs()
 
     def cancel(self) -> None:
-        """Cancel every lane and worker; held and queued deliveries are abandoned (nak'ed)."""
+        """Cancel every lane and worker; held and queued deliveries are abandoned (nak'ed), and so is every
+        delivery routed afterwards."""
+        self.close_inputs()
         self.lanes.cancel()
         self.workers.cancel()
 
@@ -98,6 +131,11 @@ class Router:
         """Wait until every lane and worker task has exited."""
         await self.lanes.wait_finished()
         await self.workers.wait_finished()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the deliveries queued in or processed by a lane or worker right now."""
+        return self.budget.held
 
     @property
     def in_flight(self) -> int:

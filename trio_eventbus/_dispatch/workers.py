@@ -13,6 +13,9 @@ afterwards raises ``trio.ClosedResourceError``); :meth:`ChannelTasks.wait_finish
 Cancellation (from outside, or :meth:`ChannelTasks.cancel`): a task cancelled mid-item hands the ``arg`` of the
 item it held and of every item still queued to ``abandon`` (the bus naks those deliveries so the broker
 redelivers them) before it exits.
+
+Bytes: every item carries its size; the task releases it from the shared :class:`~.budget.ByteBudget` when the
+item ends (``run`` returned or raised) or is abandoned, so a cancelled or closed bus holds no bytes.
 """
 
 from __future__ import annotations
@@ -23,20 +26,25 @@ from typing import Any, Generic, TypeAlias, TypeVar
 import trio
 
 from .._queue import BoundedQueue
+from .budget import ByteBudget
 
 __all__ = ["ChannelTasks", "Work", "WorkerPool"]
 
 A = TypeVar("A")
-#: A work item: ``run(arg)`` is awaited by the task that takes it.
-Work: TypeAlias = tuple[Callable[[A], Awaitable[object]], A]
+#: A work item ``(run, arg, size)``: ``run(arg)`` is awaited by the task that takes it; ``size`` bytes of the
+#: :class:`~.budget.ByteBudget` are released when it ends.
+Work: TypeAlias = tuple[Callable[[A], Awaitable[object]], A, int]
 _NOTHING: Any = object()  # BoundedQueue.poll's "empty" marker
 
 
 class ChannelTasks(Generic[A]):
     """Consumer tasks over queues of :data:`Work`: one task per entry of ``queues`` (see the module docstring)."""
 
-    def __init__(self, queues: Sequence[BoundedQueue[Work[A]]], abandon: Callable[[A], None], name: str) -> None:
+    def __init__(
+        self, queues: Sequence[BoundedQueue[Work[A]]], abandon: Callable[[A], None], name: str, budget: ByteBudget
+    ) -> None:
         self._queues = list(queues)
+        self._budget = budget
         self._abandon = abandon
         self._name = name
         self.busy = 0
@@ -60,6 +68,8 @@ class ChannelTasks(Generic[A]):
         task_status.started()
         held: Work[A] | None = None
         cancelled = False
+        budget = self._budget
+        release = budget.release
         scope = trio.CancelScope()
         self._scopes.append(scope)
         if self._cancelled:
@@ -74,17 +84,24 @@ class ChannelTasks(Generic[A]):
                             continue
                         break
                     held = item
+                    run, arg, size = item
                     self.busy += 1
                     try:
-                        await item[0](item[1])
+                        await run(arg)
                     finally:
                         self.busy -= 1
                     held = None
+                    # ByteBudget.release, inline (once per message): wake the router at half the budget
+                    budget.held -= size
+                    if budget.waiting and budget.held <= budget.resume_at:
+                        budget.wake()
             cancelled = scope.cancelled_caught  # by cancel()
         except trio.Cancelled:  # from outside (hard stop)
             cancelled = True
             raise
         finally:
+            if held is not None:  # cancelled (or a bug raised) mid-item: its bytes are not held any more
+                release(held[2])
             if cancelled:  # hand back the item we held and everything queued behind it
                 if held is not None:
                     self._abandon(held[1])
@@ -96,9 +113,11 @@ class ChannelTasks(Generic[A]):
     def _drain(self, queue: BoundedQueue[Work[A]]) -> None:
         while True:
             try:
-                self._abandon(queue.get_nowait()[1])
+                item = queue.get_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
+            self._budget.release(item[2])
+            self._abandon(item[1])
 
     def depths(self) -> list[int]:
         """Items queued per distinct queue (not counting the ones being processed)."""
@@ -124,6 +143,6 @@ class ChannelTasks(Generic[A]):
 class WorkerPool(ChannelTasks[A]):
     """``workers`` tasks over one bounded queue of ``buffer`` items; no order between items."""
 
-    def __init__(self, workers: int, buffer: int, abandon: Callable[[A], None]) -> None:
+    def __init__(self, workers: int, buffer: int, abandon: Callable[[A], None], budget: ByteBudget) -> None:
         self.queue: BoundedQueue[Work[A]] = BoundedQueue(buffer)
-        super().__init__([self.queue] * workers, abandon, "teb-worker")
+        super().__init__([self.queue] * workers, abandon, "teb-worker", budget)

@@ -83,7 +83,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
 from ..._exceptions import BackendUnavailable, BusClosedError, InvalidOptionError, map_exceptions
-from ..._options import TopicOptions
+from ..._options import BusOptions, TopicOptions
 from .._bridge import BatchPipe, Bridge, BridgeError, open_bridge
 from .config import KafkaConfig
 from .consume import GroupConsumer
@@ -138,6 +138,8 @@ class KafkaBackend:
         self._clients_stopped = False
         self._state = "new"
         self._topics: dict[str, int] = {}
+        defaults = BusOptions()
+        self._bus_sizes = (defaults.max_message_bytes, defaults.buffered_bytes_limit)
         self._mismatches: dict[str, tuple[int, int]] = {}
 
     def __repr__(self) -> str:
@@ -191,9 +193,7 @@ class KafkaBackend:
             "enable_auto_commit": False,
             "auto_offset_reset": c.auto_offset_reset,
             "fetch_min_bytes": c.fetch_min_bytes,
-            "fetch_max_bytes": c.fetch_max_bytes,
             "fetch_max_wait_ms": c.fetch_max_wait_ms,
-            "max_partition_fetch_bytes": c.max_partition_fetch_bytes,
             "max_poll_records": c.max_poll_records,
             "session_timeout_ms": c.session_timeout_ms,
             "heartbeat_interval_ms": c.heartbeat_interval_ms,
@@ -515,14 +515,25 @@ class KafkaBackend:
         if self._state != "running":  # woken by close()
             raise BusClosedError(f"the bus closed before the subscription to {topic!r} went live")
 
+    def configure_for_bus(self, options: BusOptions) -> None:
+        """Derive the fetch byte bounds left ``None`` in the config from the bus's sizes (called by
+        ``open_bus`` before the backend opens; without it, ``BusOptions()`` defaults are assumed)."""
+        self._bus_sizes = (options.max_message_bytes, options.buffered_bytes_limit)
+
     def _new_group(self, group: str, bridge: Bridge, tasks: trio.Nursery) -> GroupConsumer:
         c = self.config
+        partition, fetch, pause = c.fetch_sizes(*self._bus_sizes)
+        # client_options/consumer_options (already in _consumer_kw) win over the derived sizes
+        sizes = {"max_partition_fetch_bytes": partition, "fetch_max_bytes": fetch}
         return GroupConsumer(
             group,
             bridge,
             tasks,
-            self._consumer_kw | {"group_id": group},
+            sizes | self._consumer_kw | {"group_id": group},
+            pause_bytes=pause,
             max_poll_records=c.max_poll_records,
+            batch_bytes=fetch,
+            max_message_bytes=self._bus_sizes[0],
             fetch_timeout_ms=1000,
             retry_backoff=0.5,
             pause_threshold=c.effective_pause_threshold,
@@ -535,7 +546,7 @@ class KafkaBackend:
         """ACK/TERM: the offset may be committed once every earlier one is. NAK: never commit past it; while
         the bus runs, the partition is fetched again from it after ``delay`` (see ``kafka.consume``)."""
         token: tuple[Partition, int] = delivery.token  # type: ignore[assignment]
-        token[0].settle(token[1], disposition is not Disposition.NAK, delay)
+        token[0].settle(token[1], disposition is not Disposition.NAK, delay, len(delivery.body))
 
     # -- introspection ---------------------------------------------------------------------------------
 

@@ -99,6 +99,9 @@ def _keys_only(value: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k!r}: ..." for k in value) + "}"
 
 
+_MiB = 1024 * 1024
+_FETCH_PARTITIONS = 16  # fetch_max_bytes by default: this many partitions' worth of max_partition_fetch_bytes
+
 _pos = v.positive_int
 _nonneg = v.int_at_least(0)
 _positive_seconds = v.positive_float
@@ -132,8 +135,17 @@ class KafkaConfig:
         committed offset starts). ``commit_interval`` (seconds) and ``commit_batch`` (offsets) batch the
         commits of handled offsets. ``pause_threshold`` is how many unsettled records of one partition the
         bus may hold before the partition is paused (default ``2 * max_poll_records``); it resumes at half
-        of it. ``rebalance_drain_timeout`` (seconds) bounds how long a revoked partition's in-flight messages
-        may run before the rebalance proceeds.
+        of it. ``pause_bytes`` is how many bytes of unsettled records (fetched: queued for the bus or in it)
+        one consumer group may hold before all its partitions are paused; they resume at half of it.
+        ``rebalance_drain_timeout`` (seconds) bounds how long a revoked partition's in-flight messages may
+        run before the rebalance proceeds.
+
+        Byte sizes left ``None`` are derived from the bus's ``BusOptions`` (``M = max_message_bytes``,
+        1 MiB by default): ``max_partition_fetch_bytes = max(1 MiB, M)``, ``fetch_max_bytes = 16 * max(1 MiB,
+        M)`` (16 MiB by default; Kafka's own default is 50 MiB), ``pause_bytes = max_buffered_bytes +
+        fetch_max_bytes`` (80 MiB by default). A record batch larger than the fetch limits is still fetched
+        whole (Kafka returns at least one batch), so messages up to ``M`` always flow. See
+        :mod:`trio_eventbus.backends.kafka.consume` for every buffer and its bounds.
 
     Topics
         ``create_topics=True`` creates a missing topic with ``TopicOptions.partitions``/``replicas`` (and
@@ -169,9 +181,9 @@ class KafkaConfig:
     request_timeout_ms: int = attrs.field(default=40000, validator=_pos)
 
     fetch_min_bytes: int = attrs.field(default=1, validator=_pos)
-    fetch_max_bytes: int = attrs.field(default=52428800, validator=_pos)
+    fetch_max_bytes: int | None = attrs.field(default=None, validator=v.optional(_pos))
     fetch_max_wait_ms: int = attrs.field(default=100, validator=_nonneg)
-    max_partition_fetch_bytes: int = attrs.field(default=1048576, validator=_pos)
+    max_partition_fetch_bytes: int | None = attrs.field(default=None, validator=v.optional(_pos))
     max_poll_records: int = attrs.field(default=500, validator=_pos)
     session_timeout_ms: int = attrs.field(default=10000, validator=_pos)
     heartbeat_interval_ms: int = attrs.field(default=3000, validator=_pos)
@@ -182,6 +194,7 @@ class KafkaConfig:
     commit_interval: float = attrs.field(default=0.1, validator=_positive_seconds)
     commit_batch: int = attrs.field(default=1000, validator=_pos)
     pause_threshold: int | None = attrs.field(default=None, validator=v.optional(_pos))
+    pause_bytes: int | None = attrs.field(default=None, validator=v.optional(_pos))
     rebalance_drain_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
 
     create_topics: bool = attrs.field(default=True, validator=_flag)
@@ -219,6 +232,21 @@ class KafkaConfig:
     def effective_pause_threshold(self) -> int:
         """Unsettled records of one partition at which it is paused."""
         return self.pause_threshold if self.pause_threshold is not None else 2 * self.max_poll_records
+
+    def fetch_sizes(self, max_message_bytes: int, max_buffered_bytes: int) -> tuple[int, int, int]:
+        """``(max_partition_fetch_bytes, fetch_max_bytes, pause_bytes)`` in force for a bus with these
+        ``BusOptions`` sizes: the configured values, or the defaults derived from them (see the class
+        docstring)."""
+        partition = self.max_partition_fetch_bytes
+        if partition is None:
+            partition = max(_MiB, max_message_bytes)
+        fetch = self.fetch_max_bytes
+        if fetch is None:
+            fetch = max(partition, _FETCH_PARTITIONS * max(_MiB, max_message_bytes))
+        pause = self.pause_bytes
+        if pause is None:
+            pause = max_buffered_bytes + fetch
+        return partition, fetch, pause
 
     def create_backend(self) -> KafkaBackend:
         """A new, unstarted backend for one bus (imports aiokafka; checks ``client_options`` keys)."""

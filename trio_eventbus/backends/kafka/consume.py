@@ -37,10 +37,40 @@ Rebalance
     commits them before the group proceeds. Records fetched for an older generation or rewind epoch are
     dropped.
 
-Backpressure
+Backpressure and memory
     A partition whose unsettled records (queued + in the bus) exceed ``pause_threshold`` is paused in
     aiokafka (its prefetched records are discarded there and fetched again on resume) and resumed once half
-    of them settled. The pipe holds at most 4 fetch batches; the fetch loop waits when it is full.
+    of them settled; every partition of the group is paused while the group's unsettled record bytes exceed
+    ``pause_bytes``, and resumed once half of them settled (or were dropped). The pipe holds at most 4 fetch
+    batches; the fetch loop waits when it is full. What a group holds, buffer by buffer (``M`` is the bus's
+    ``max_message_bytes``; the byte defaults are derived from the bus's options, see ``KafkaConfig``):
+
+    ==========================================  ==============================  =================================
+    buffer                                      count bound                     byte bound
+    ==========================================  ==============================  =================================
+    aiokafka's prefetched records               one fetch per partition         ``max_partition_fetch_bytes``
+                                                                                per partition, ``fetch_max_bytes``
+                                                                                per fetch response (defaults
+                                                                                ``max(1 MiB, M)``, 16 of those);
+                                                                                a larger record batch comes whole
+    one ``getmany`` batch (one pipe item)       ``max_poll_records``            ~``fetch_max_bytes`` of values
+                                                                                (records asked per ``getmany``
+                                                                                follow the mean value size: wire
+                                                                                limits count compressed bytes)
+    the pipe (asyncio -> Trio)                  4 batches + rebalance events    4 batches (the reader empties it
+                                                                                at once: it never waits on the bus)
+    partition queues (fetched, not yet fed)     ``pause_threshold`` unsettled   ``pause_bytes`` unsettled per
+    + records handed to the bus                 per partition (paused beyond)   group (paused beyond; default
+                                                                                ``max_buffered_bytes`` +
+                                                                                ``fetch_max_bytes``)
+    one feeder hand-off (``sink.deliver``)      1,024 records                   taken from the queues above
+    the bus's lanes and workers                 ``lanes * lane_buffer +         ``BusOptions.max_buffered_bytes``
+                                                worker_buffer``                 (the router waits beyond it)
+    ==========================================  ==============================  =================================
+
+    Pausing is asynchronous (a post to the loop): what is already fetched or in the pipe still arrives, so a
+    group's unsettled bytes may pass ``pause_bytes`` by the batches in flight (a few fetch responses).
+    Pausing, not withholding ``getmany``, keeps the consumer polling (``max_poll_interval_ms``).
 
 Lifecycle and cancellation
     The reader, feeder, committer (and revoke/rewind helpers) run in the backend's nursery, for the block of
@@ -91,9 +121,12 @@ class GroupConsumer:
         consumer_options: Mapping[str, Any],
         *,
         max_poll_records: int,
+        batch_bytes: int,
+        max_message_bytes: int,
         fetch_timeout_ms: int,
         retry_backoff: float,
         pause_threshold: int,
+        pause_bytes: int,
         commit_interval: float,
         commit_batch: int,
         drain_timeout: float,
@@ -103,10 +136,17 @@ class GroupConsumer:
         self._nursery = nursery
         self._options = consumer_options
         self._max_poll_records = max_poll_records
+        self._batch_bytes = batch_bytes
+        self._max_message_bytes = max_message_bytes
         self._fetch_timeout_ms = fetch_timeout_ms
         self._retry_backoff = retry_backoff
         self.pause_at = pause_threshold
         self.resume_at = pause_threshold // 2
+        self.pause_bytes = pause_bytes
+        self.resume_bytes = pause_bytes // 2
+        self.unsettled_bytes = 0  # record values fetched and not settled (queued + in the bus), every partition
+        self.unsettled_bytes_max = 0
+        self.bytes_paused = False
         self._commit_interval = commit_interval
         self._commit_batch = commit_batch
         self._drain_timeout = drain_timeout
@@ -217,7 +257,12 @@ class GroupConsumer:
         assert self._aio is not None
         try:
             await self._bridge.run(
-                self._aio.fetch_forever, self._fetch_timeout_ms, self._max_poll_records, self._retry_backoff
+                self._aio.fetch_forever,
+                self._fetch_timeout_ms,
+                self._max_poll_records,
+                self._retry_backoff,
+                self._batch_bytes,
+                self._max_message_bytes,
             )
         except KafkaError as exc:
             raise BackendUnavailable(f"kafka consumer of group {self.name!r} failed: {exc!r}") from exc
@@ -259,6 +304,7 @@ class GroupConsumer:
                 continue
             part.queue.extend(records)
             part.unsettled += len(records)
+            self.unsettled_bytes += item.sizes[tp]
             hw = item.highwater.get(tp)
             if hw is not None:
                 part.highwater = hw
@@ -266,11 +312,36 @@ class GroupConsumer:
                 part.in_ready = True
                 self._ready.append(part)
                 woke = True
-            if not part.paused and part.unsettled > self.pause_at:
+            if not part.paused and (part.unsettled > self.pause_at or self.bytes_paused):
                 part.paused = True
                 self.request_flow(part, pause=True)
+        if self.unsettled_bytes > self.unsettled_bytes_max:
+            self.unsettled_bytes_max = self.unsettled_bytes
+        if self.unsettled_bytes > self.pause_bytes and not self.bytes_paused:
+            self._pause_for_bytes()
         if woke:
             self._ready_lot.unpark_all()
+
+    def _pause_for_bytes(self) -> None:
+        """The group holds more than ``pause_bytes`` of unsettled records: pause every partition."""
+        self.bytes_paused = True
+        logger.debug("group %r holds %d unsettled bytes: pausing its partitions", self.name, self.unsettled_bytes)
+        for part in self._parts.values():
+            if not part.paused and not part.halted:
+                part.paused = True
+                self.request_flow(part, pause=True)
+
+    def released_bytes(self, size: int) -> None:
+        """``size`` bytes of records were settled or dropped (from ``Partition``; sync, never blocks; a settle
+        subtracts inline and calls this with 0 only while paused): once half of ``pause_bytes`` is free,
+        resume the partitions that their record counts do not hold paused."""
+        left = self.unsettled_bytes = self.unsettled_bytes - size
+        if self.bytes_paused and left <= self.resume_bytes:
+            self.bytes_paused = False
+            for part in self._parts.values():
+                if part.paused and not part.halted and part.unsettled <= self.resume_at:
+                    part.paused = False
+                    self.request_flow(part, pause=False)
 
     def _on_revoked(self, item: Revoked) -> None:
         self.rebalances += 1
@@ -503,6 +574,9 @@ class GroupConsumer:
             paused=tuple(sorted(f"{p.tp.topic}[{p.tp.partition}]" for p in parts if p.paused)),
             unsettled=sum(p.unsettled for p in parts),
             in_flight=sum(p.inflight for p in parts),
+            unsettled_bytes=self.unsettled_bytes,
+            unsettled_bytes_max=self.unsettled_bytes_max,
+            paused_for_bytes=self.bytes_paused,
             lag=lag,
             naks=sum(p.naks for p in parts),
             generation=self._gen,

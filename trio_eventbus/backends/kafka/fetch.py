@@ -28,7 +28,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from .._bridge import BatchPipe, BridgeError
 
-__all__ = ["AioGroup", "Assigned", "Item", "Records", "Revoked", "Rewound"]
+__all__ = ["AioGroup", "Assigned", "Item", "Records", "Revoked", "Rewound", "record_bytes"]
 
 logger = logging.getLogger("trio_eventbus.kafka")
 
@@ -37,7 +37,9 @@ logger = logging.getLogger("trio_eventbus.kafka")
 
 
 class Records:
-    __slots__ = ("epochs", "gen", "highwater", "records")
+    """One ``getmany`` batch; ``sizes``: the bytes of the record values, per partition."""
+
+    __slots__ = ("epochs", "gen", "highwater", "records", "sizes")
 
     def __init__(
         self,
@@ -45,8 +47,9 @@ class Records:
         records: dict[TopicPartition, list[ConsumerRecord]],
         hw: dict[Any, Any],
         epochs: dict[TopicPartition, int] | None,
+        sizes: dict[TopicPartition, int],
     ) -> None:
-        self.gen, self.records, self.highwater, self.epochs = gen, records, hw, epochs
+        self.gen, self.records, self.highwater, self.epochs, self.sizes = gen, records, hw, epochs, sizes
 
 
 class Revoked:
@@ -71,6 +74,11 @@ class Rewound:
 
 
 Item = Records | Revoked | Assigned | Rewound
+
+
+def record_bytes(records: Iterable[ConsumerRecord]) -> int:
+    """The bytes of the values of ``records`` (what the bus's byte bounds count: ``len(Delivery.body)``)."""
+    return sum([len(value) for record in records if (value := record.value) is not None])
 
 
 # ----------------------------------------------------------------------------------- asyncio half
@@ -157,12 +165,20 @@ class AioGroup:
         except BridgeError:
             return
 
-    async def fetch_forever(self, timeout_ms: int, max_records: int, backoff: float) -> None:
-        """Fetch until cancelled; each non-empty batch becomes one pipe item. Fatal errors propagate."""
+    async def fetch_forever(
+        self, timeout_ms: int, max_records: int, backoff: float, batch_bytes: int, max_message_bytes: int
+    ) -> None:
+        """Fetch until cancelled; each non-empty batch becomes one pipe item. Fatal errors propagate.
+
+        A batch holds at most ``max_records`` records and about ``batch_bytes`` of values: aiokafka's fetch
+        limits count bytes on the wire (compressed), so the records asked of one ``getmany`` follow the mean
+        value size of the last batch (starting as if every record were ``max_message_bytes``).
+        """
         consumer, pipe = self.consumer, self.pipe
+        limit = max(1, min(max_records, batch_bytes // max_message_bytes))
         while True:
             try:
-                records = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+                records = await consumer.getmany(timeout_ms=timeout_ms, max_records=limit)
             except ConsumerStoppedError:
                 return
             except KafkaError as exc:
@@ -176,7 +192,10 @@ class AioGroup:
                 highwater = {tp: consumer.highwater(tp) for tp in records}
                 ep = self.epochs
                 epochs = {tp: ep[tp] for tp in records if tp in ep} if ep else None
-                await pipe.put(Records(self.gen, records, highwater, epochs))
+                sizes = {tp: record_bytes(batch) for tp, batch in records.items()}
+                total, count = sum(sizes.values()), sum(map(len, records.values()))
+                limit = max(1, min(max_records, batch_bytes * count // total)) if total else max_records
+                await pipe.put(Records(self.gen, records, highwater, epochs, sizes))
 
     def pause(self, gen: int, tps: Sequence[TopicPartition]) -> None:
         self._flow(gen, tps, self.consumer.pause)

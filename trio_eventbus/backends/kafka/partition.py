@@ -15,7 +15,8 @@ partition for the group's next commit; NAK holds it back and, while the bus runs
 the partition (see the group's module docstring). A halted partition (revoked, or rewinding) is fed no more;
 its queued records are dropped (fetched again later) and ``drained`` is set once nothing of it is in flight.
 Flow control: the partition is resumed in aiokafka once its unsettled records fell to the group's
-``resume_at``.
+``resume_at`` (unless the group holds its partitions paused for bytes). Every settled or dropped record's
+value size goes back to the group's byte count (``GroupConsumer.released_bytes``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import trio
 from aiokafka import ConsumerRecord, TopicPartition
 
 from ..._abc import Delivery, DeliverySink
+from .fetch import record_bytes
 from .wire import H_EVENT_ID, H_MESSAGE_ID
 
 if TYPE_CHECKING:
@@ -85,10 +87,14 @@ class Partition:
     def halted(self) -> bool:
         return self.revoked or self.rewinding
 
-    def settle(self, offset: int, done: bool, delay: float) -> None:
+    def settle(self, offset: int, done: bool, delay: float, size: int) -> None:
+        """Settle the record at ``offset`` whose value is ``size`` bytes (``done``: ACK/TERM, else NAK)."""
         self.inflight -= 1
         self.unsettled -= 1
         group = self.group
+        group.unsettled_bytes -= size
+        if group.bytes_paused:
+            group.released_bytes(0)
         if done:
             offsets = self.offsets
             if offsets and offsets[0] == offset:
@@ -109,7 +115,7 @@ class Partition:
             if not self.halted:
                 group.rewind(self, delay)
         halted = self.revoked or self.rewinding
-        if self.paused and not halted and self.unsettled <= group.resume_at:
+        if self.paused and not halted and self.unsettled <= group.resume_at and not group.bytes_paused:
             self.paused = False
             group.request_flow(self, pause=False)
         if halted and self.inflight <= 0:
@@ -118,8 +124,10 @@ class Partition:
     def halt(self) -> int:
         """Stop feeding: drop the queued records (fetched again later); the number dropped."""
         dropped = len(self.queue)
+        size = record_bytes(self.queue)
         self.queue.clear()
         self.unsettled -= dropped
+        self.group.released_bytes(size)
         if self.inflight <= 0:
             self.drained.set()
         return dropped

@@ -19,12 +19,18 @@ class KafkaGroupStatistics:
     topics: tuple[str, ...]
     #: Partitions assigned to this member, as ``"topic[partition]"``, sorted.
     assigned: tuple[str, ...]
-    #: Assigned partitions paused because the bus holds too many of their records (backpressure).
+    #: Assigned partitions paused because the bus holds too many of their records or bytes (backpressure).
     paused: tuple[str, ...]
     #: Records fetched and not settled: queued for the bus or handed to it (what ``pause_threshold`` counts).
     unsettled: int
     #: Records handed to the bus and not settled yet.
     in_flight: int
+    #: Bytes (record values) of the unsettled records: what ``KafkaConfig.pause_bytes`` bounds.
+    unsettled_bytes: int
+    #: The highest ``unsettled_bytes`` since the group started.
+    unsettled_bytes_max: int
+    #: Whether the group's partitions are paused because ``unsettled_bytes`` passed ``pause_bytes``.
+    paused_for_bytes: bool
     #: Records between the committed (or committable) offset and the high-water mark, over the assignment.
     lag: int
     #: Naks (the partition is rewound to the nak'ed record: Kafka redelivers by seeking).
