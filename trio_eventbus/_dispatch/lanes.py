@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from .._partition import fnv1a_32
 from .._queue import BoundedQueue
 from .budget import ByteBudget
 from .workers import ChannelTasks, Work
@@ -23,17 +24,7 @@ from .workers import ChannelTasks, Work
 __all__ = ["KeyedLanes", "fnv1a_32"]
 
 A = TypeVar("A")
-_FNV_OFFSET = 0x811C9DC5
-_FNV_PRIME = 0x01000193
 _CACHE_LIMIT = 65_536
-
-
-def fnv1a_32(data: bytes) -> int:
-    """The 32-bit FNV-1a hash of ``data``."""
-    h = _FNV_OFFSET
-    for byte in data:
-        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
-    return h
 
 
 class KeyedLanes(ChannelTasks[A]):
