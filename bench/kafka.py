@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from trio_eventbus._bus import open_bus
+from trio_eventbus import open_bus
 from trio_eventbus._envelope import Message
 from trio_eventbus._options import BusOptions, TopicOptions
 from trio_eventbus._stats import percentile

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import trio
 import trio.testing
 
-from trio_eventbus._bus import open_bus
+from trio_eventbus import open_bus
 from trio_eventbus._codec import decode_envelope, encode_envelope
 from trio_eventbus._envelope import Envelope
 from trio_eventbus._options import BusOptions

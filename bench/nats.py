@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from trio_eventbus._bus import EventBus, open_bus
+from trio_eventbus import EventBus, open_bus
 from trio_eventbus._envelope import Message
 from trio_eventbus._options import BusOptions
 from trio_eventbus._stats import percentile

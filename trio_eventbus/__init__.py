@@ -23,7 +23,7 @@ from __future__ import annotations
 from ._app.runner import run, serve
 from ._app.subscribers import Subscribers
 from ._app.url import config_from_env, config_from_url
-from ._bus import BackendConfig, EventBus, open_bus
+from ._bus import EventBus
 from ._codec import decode_envelope, encode_envelope
 from ._dispatch.middleware import CallNext, HandlerContext, Middleware
 from ._envelope import Envelope, Message, new_event_id
@@ -43,6 +43,7 @@ from ._exceptions import (
     PublishError,
     ResultsReaderError,
 )
+from ._lifecycle import BackendConfig, open_bus
 from ._options import (
     BusOptions,
     DeadLetterPolicy,

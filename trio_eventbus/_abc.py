@@ -71,6 +71,7 @@ __all__ = [
     "Disposition",
     "Outcome",
     "OutgoingMessage",
+    "being_cancelled",
     "exit_scope",
 ]
 
@@ -80,6 +81,11 @@ CLOSE_DEADLINE = 10.0
 #: Seconds a backend's exit may take after an outer cancellation (the bus's hard stop): the one grace of a
 #: hard stop, in which acks of handled messages and the outcomes already known are still delivered.
 HARD_STOP_GRACE = 3.0
+
+
+def being_cancelled() -> bool:
+    """Whether the calling task is being cancelled (an outer cancellation, or a failed task of the bus)."""
+    return trio.current_effective_deadline() == -math.inf
 
 
 def exit_scope() -> trio.CancelScope:

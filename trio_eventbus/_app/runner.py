@@ -33,7 +33,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 import attrs
 import trio
 
-from .._bus import BackendConfig, EventBus, open_bus
+from .._bus import EventBus
+from .._lifecycle import BackendConfig, open_bus
 from .._options import BusOptions
 from .subscribers import Subscribers
 

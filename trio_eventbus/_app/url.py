@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .._bus import BackendConfig
 from .._exceptions import InvalidOptionError
+from .._lifecycle import BackendConfig
 from ..backends.kafka.config import KafkaConfig
 from ..backends.memory import MemoryConfig
 from ..backends.nats.config import NatsConfig

@@ -17,8 +17,8 @@ from typing import TextIO
 import attrs
 import trio
 
-from .._bus import BackendConfig, open_bus
 from .._envelope import Envelope
+from .._lifecycle import BackendConfig, open_bus
 from .._options import BusOptions, Statistics, TopicOptions
 from .._stats import percentile
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import trio
 
 from .._app.url import config_from_url
-from .._bus import BackendConfig
+from .._lifecycle import BackendConfig
 
 __all__ = ["main"]
 
