@@ -249,3 +249,121 @@ async def test_member_hard_stopped_mid_stream(autojump_clock: trio.testing.MockC
     h.ledger.report(f"member c hard-stopped after {killed_at} handled, holding {held} unsettled")
     check(h.ledger, duplicates_at_most=held)
     assert held > 0
+
+
+async def test_single_partition_one_member_takes_all_the_other_stands_by(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """partitions=1: the first member handles everything, the second stands by; when the first leaves
+    (gracefully), the second takes over where it stopped."""
+    h = Harness("pcg-one", partitions=1)
+    total = 100 * 30
+    async with trio.open_nursery() as nursery:
+        await h.add(nursery, "a")
+        await h.add(nursery, "b")
+        before = (h.owned("a"), h.owned("b"))
+        nursery.start_soon(h.publish, 100, 30)
+        await h.ledger.at(total // 2).wait()
+        by_b_before = h.ledger.by_member["b"]
+        h.stops["a"].set()
+        await h.wait_all(total)
+        after = h.owned("b")
+        h.stop_all()
+    h.ledger.report("partitions=1, a leaves half-way")
+    check(h.ledger)
+    assert before == ((0,), ())
+    assert by_b_before == 0
+    assert h.ledger.by_member["b"] > 0
+    assert after == (0,)
+
+
+async def test_keyless_messages_go_round_robin_over_partitions(autojump_clock: trio.testing.MockClock) -> None:
+    """A keyless message belongs to partition ``offset % partitions``: two members of a 2-partition group
+    get every other message each."""
+    broker = teb.MemoryBroker()
+    got: dict[str, list[int]] = defaultdict(list)
+    done = trio.Event()
+    stop = trio.Event()
+
+    async def run(name: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def handle(message: teb.Message) -> None:
+            got[name].append(int(message.data))
+            if sum(map(len, got.values())) == 100:
+                done.set()
+
+        async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+            await bus.configure_topic("pcg-keyless", teb.TopicOptions(partitions=2))
+            await bus.subscribe("pcg-keyless", handle, group=GROUP)
+            task_status.started()
+            await stop.wait()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run, "a")
+        await nursery.start(run, "b")
+        async with teb.open_bus(teb.MemoryConfig(broker=broker)) as pub:
+            for i in range(100):
+                await pub.publish("pcg-keyless", b"%d" % i)
+        await done.wait()
+        stop.set()
+    print(f"\nkeyless: a={len(got['a'])} b={len(got['b'])}")
+    assert sorted(got["a"]) == list(range(0, 100, 2))
+    assert sorted(got["b"]) == list(range(1, 100, 2))
+
+
+async def test_a_revoked_partition_moves_only_once_its_old_owner_settled() -> None:
+    """The old owner still runs a handler of a key whose partition moves to a joining member: the new owner
+    takes none of that partition's messages (its statistics show it waiting) until the handler returns; then
+    it handles them, in order."""
+    broker = teb.MemoryBroker()
+    topic = "pcg-revoke"
+    holding = trio.Event()
+    release = trio.Event()
+    order: list[tuple[str, int]] = []
+    done = trio.Event()
+    stop = trio.Event()
+    key = next(f"k{i}" for i in range(100) if partition_of(f"k{i}", 2) == 1)  # partition 1 moves to b
+
+    def handler(name: str) -> Callable[[teb.Message], object]:
+        async def handle(message: teb.Message) -> None:
+            n = int(message.data)
+            if n == 0:
+                holding.set()
+                await release.wait()
+            order.append((name, n))
+            if n == 4:
+                done.set()
+
+        return handle
+
+    async def run(name: str, *, task_status: trio.TaskStatus[teb.EventBus] = trio.TASK_STATUS_IGNORED) -> None:
+        async with teb.open_bus(teb.MemoryConfig(broker=broker)) as bus:
+            await bus.configure_topic(topic, teb.TopicOptions(partitions=2))
+            await bus.subscribe(topic, handler(name), group=GROUP)
+            task_status.started(bus)
+            await stop.wait()
+
+    def details(bus: teb.EventBus) -> MemorySubscriptionStatistics:
+        stats = bus.statistics().backend
+        assert isinstance(stats, MemoryStatistics)
+        return stats.subscription_details[0]
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            a = await nursery.start(run, "a")
+            async with teb.open_bus(teb.MemoryConfig(broker=broker)) as pub:
+                await pub.publish(topic, b"0", key=key)
+                await holding.wait()
+                b = await nursery.start(run, "b")
+                for n in range(1, 5):
+                    await pub.publish(topic, b"%d" % n, key=key)
+                await pub.flush()
+                await trio.testing.wait_all_tasks_blocked()
+                waiting = (details(a).partitions, details(b).partitions, details(b).waiting)
+                handled_while_held = list(order)
+                release.set()
+                await done.wait()
+            stop.set()
+    print(f"\nwhile a held message 0: a owns/b owns/b waits {waiting}, handled {handled_while_held}; then {order}")
+    assert waiting == ((0,), (1,), (1,))
+    assert handled_while_held == []
+    assert order == [("a", 0), ("b", 1), ("b", 2), ("b", 3), ("b", 4)]
