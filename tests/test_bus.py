@@ -116,10 +116,13 @@ async def test_hard_stop_naks_unhandled_messages_for_redelivery() -> None:
                     await bus.subscribe("t", stuck, group="svc")
                     await bus.publish("t", b"one", key="k", confirm=True)
                     await bus.publish("t", b"two", key="k", confirm=True)
+                    published.set()
                     await trio.sleep_forever()
 
+            published = trio.Event()
             nursery.start_soon(first_bus)
             await started.wait()
+            await published.wait()  # both stored before the hard stop (else "two" may not be in the broker yet)
             nursery.cancel_scope.cancel()  # outer cancellation: a hard stop
         assert broker.topic_statistics("t")["pending[svc]"] == 2  # nothing acked
         done = trio.Event()

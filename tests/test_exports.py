@@ -49,6 +49,7 @@ EXPECTED = {
     "MemoryBroker",
     "MemoryConfig",
     "MemoryStatistics",
+    "MemorySubscriptionStatistics",
     "Message",
     "MessageTooLargeError",
     "Middleware",

@@ -18,6 +18,7 @@ STAT_CLASSES: list[type[Any]] = [
     teb.Statistics,
     teb.BackendStatistics,
     teb.MemoryStatistics,
+    teb.MemorySubscriptionStatistics,
     teb.NatsStatistics,
     teb.NatsSubscriptionStatistics,
     teb.KafkaStatistics,
@@ -59,7 +60,7 @@ def test_statistics_are_frozen_typed_and_documented(cls: type[Any]) -> None:
     assert attrs.has(cls)
     assert "__slots__" in vars(cls)
     own = [f for f in attrs.fields(cls) if not f.inherited]
-    assert own or cls is teb.MemoryStatistics
+    assert own
     missing = {f.name for f in own} - documented_fields(cls)
     assert not missing, f"{cls.__name__} fields without a #: docstring: {sorted(missing)}"
     for f in attrs.fields(cls):
@@ -106,6 +107,19 @@ async def test_memory_statistics_show_live_state() -> None:
         await holding.wait()
         live = bus.statistics().backend
         assert (live.subscriptions, live.fetchers, live.unsettled) == (1, 1, 1)
+        assert isinstance(live, teb.MemoryStatistics)
+        assert live.subscription_details == (
+            teb.MemorySubscriptionStatistics(
+                topic=name,
+                group="svc",
+                partitions=(0,),
+                waiting=(),
+                partition_count=1,
+                members=1,
+                rebalances=1,
+                unsettled=1,
+            ),
+        )
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             live.unsettled = 0  # type: ignore[misc]
         assert first.subscriptions == 0  # a snapshot never changes

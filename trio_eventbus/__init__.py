@@ -59,7 +59,7 @@ from ._util import fixup_module_metadata
 from ._version import __version__ as __version__
 from .backends.kafka.config import KafkaConfig
 from .backends.kafka.stats import KafkaGroupStatistics, KafkaStatistics
-from .backends.memory import MemoryBroker, MemoryConfig, MemoryStatistics
+from .backends.memory import MemoryBroker, MemoryConfig, MemoryStatistics, MemorySubscriptionStatistics
 from .backends.nats.config import NatsConfig
 from .backends.nats.stats import NatsStatistics, NatsSubscriptionStatistics
 
@@ -88,6 +88,7 @@ __all__ = [
     "MemoryBroker",
     "MemoryConfig",
     "MemoryStatistics",
+    "MemorySubscriptionStatistics",
     "Message",
     "MessageTooLargeError",
     "Middleware",

@@ -115,6 +115,8 @@ class BackendFeatures:
     redelivers: bool = True
     dedupes: bool = False
     ephemeral_topics: bool = True
+    #: Members of one group own disjoint partitions of a topic, so per-key order holds across instances.
+    partitioned_groups: bool = True
 
 
 @attrs.define(slots=True, eq=False)  # one per message: read-only by contract; not frozen (3x faster to build)

@@ -124,6 +124,7 @@ _FEATURES = BackendFeatures(
     redelivers=True,
     dedupes=True,
     ephemeral_topics=True,
+    partitioned_groups=False,  # a pull consumer hands messages to whichever instance asks (issue 10, open)
 )
 _JANITOR_TICK = 0.1
 _MESSAGE_OVERHEAD = 4096  # a delivery's subject, ack subject and framing beyond max_payload (pull max_bytes)

@@ -45,6 +45,7 @@ FEATURES: Mapping[str, str] = {
     "redelivers": "a NAK with a delay is not redelivered by the broker (the bus retries in place instead)",
     "dedupes": "a message_id stored within duplicate_window is stored again",
     "ephemeral_topics": "TopicOptions(persistent=False) is refused",
+    "partitioned_groups": "members of one group do not own disjoint partitions (per-key order in one instance only)",
     "restart": "the case has no restart hook (no broker process to stop and start)",
 }
 

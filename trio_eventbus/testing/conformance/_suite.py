@@ -31,6 +31,7 @@ from ._case import (
     skip_reason,
     unique_topic,
 )
+from ._groups import group_order_scenario
 from ._restart import restart_scenario
 
 __all__ = ["BackendConformance"]
@@ -571,3 +572,13 @@ class BackendConformance:
         assert report.lost == 0, report
         if case.features.ordered_per_key:
             assert report.order_violations == 0, report
+
+    # -- partitioned consumer groups ---------------------------------------------------------------------------
+
+    @requires("consumer_groups", "ordered_per_key", "partitioned_groups")
+    async def test_one_group_of_two_buses_keeps_per_key_order(self, backend_case: BackendCase) -> None:
+        """Two buses in one group on a 4-partition topic: every message handled, per key in publish order and
+        never concurrently across the buses (see :func:`group_order_scenario`)."""
+        report = await group_order_scenario(backend_case)
+        print(report)
+        assert (report.lost, report.order_violations, report.concurrent) == (0, 0, 0), report
