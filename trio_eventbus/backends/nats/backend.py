@@ -106,7 +106,10 @@ from ..._exceptions import (
 from ..._options import TopicOptions
 from .._bridge.bridge import Bridge, BridgeError, open_bridge
 from .config import NatsConfig, _mask_url
-from .consume import CoreListener, Puller, Subscription
+from .consume import CoreListener, Source, Subscription, Window
+from .groups import PullerGroup
+from .partitions import BASE, PIN_GROUP, consumer_name, filter_subject, slots, stream_subjects, subject_for
+from .pinned import PinnedPuller, create_consumer
 from .publish import Publisher, WireItem
 from .settle import Settler
 from .stats import NatsStatistics
@@ -131,10 +134,15 @@ _CLOSE_PUBACK_WAIT = 5.0
 
 
 class _Topic:
-    __slots__ = ("config", "name", "persistent", "stream")
+    __slots__ = ("config", "name", "partitions", "persistent", "stream", "subjects")
 
-    def __init__(self, name: str, persistent: bool, stream: str | None, config: api.StreamConfig | None) -> None:
+    def __init__(
+        self, name: str, persistent: bool, stream: str | None, config: api.StreamConfig | None, partitions: int = 1
+    ) -> None:
         self.name, self.persistent, self.stream, self.config = name, persistent, stream, config
+        self.partitions = partitions
+        # the publisher's subjects (base, then one per partition) of a partitioned topic, else None
+        self.subjects = stream_subjects(name, partitions) if persistent and partitions > 1 else None
 
 
 class NatsBackend:
@@ -154,7 +162,7 @@ class NatsBackend:
         self._tasks: trio.Nursery | None = None
         self._topics: dict[str, _Topic] = {}
         self._subs: list[Subscription] = []
-        self._pullers: set[Puller] = set()  # loop thread only
+        self._pullers: set[Source] = set()  # loop thread only
         self._closing = False
         self._consuming_stopped = False
         self._forwarder = trio.CancelScope()
@@ -226,6 +234,7 @@ class NatsBackend:
             for sub in self._subs:
                 self._settler.nak_held(sub)
             await self._settler.flush()
+            await bridge.run(self._aio_unpin, max(0.0, (deadline - trio.current_time()) / 4))
             budget = max(0.0, (deadline - trio.current_time()) / 2)
             await bridge.run(self._aio_finish_publishing, budget)  # closes the outcome pipe
             self._forwarder.cancel()  # the ack handler holds no batch when cancelled (Publisher.forward)
@@ -281,7 +290,7 @@ class NatsBackend:
         config = stream_config(self._config, topic, name, options)
         with map_exceptions(NATS_ERRORS, f"cannot create stream {name!r} for topic {topic!r}"):
             await self._bridge.run(ensure_stream, self._js, config)
-        self._topics[topic] = _Topic(topic, True, name, config)
+        self._topics[topic] = _Topic(topic, True, name, config, options.partitions)
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -293,7 +302,12 @@ class NatsBackend:
         for m in batch:
             info = topics.get(m.topic)
             body, headers = wire_message(m.topic, m.body, m.headers, m.key, m.message_id, compress)
-            items.append((m.seq, m.topic, body, headers, info is None or info.persistent))
+            if info is None:
+                items.append((m.seq, m.topic, body, headers, True))
+            elif info.subjects is None:
+                items.append((m.seq, m.topic, body, headers, info.persistent))
+            else:  # a partitioned topic: the key's partition subject (see .partitions)
+                items.append((m.seq, subject_for(m.topic, info.subjects, m.key), body, headers, True))
         assert self._publisher is not None
         self._publisher.send(items)
         await trio.lowlevel.checkpoint()
@@ -312,26 +326,11 @@ class NatsBackend:
         cfg = self._config
         capacity = 1_000_000 if info.persistent else 10 * cfg.fetch_batch
         sub = Subscription(topic, group, sink, self._bridge, capacity, persistent=info.persistent)
-        source: Puller | CoreListener
+        source: Source
         with map_exceptions(NATS_ERRORS, f"cannot subscribe to {topic!r} in group {group!r}"):
             if info.persistent:
-                assert info.stream is not None
-                assert info.config is not None
-                durable = durable_name(group)
-                recover = functools.partial(self._aio_ensure_consumer, info, self._consumer_config(topic, durable))
-                max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
-                source = Puller(
-                    self._nc,
-                    sub,
-                    info.stream,
-                    durable,
-                    cfg.fetch_batch,
-                    cfg.fetch_max_wait,
-                    recover,
-                    max_bytes=max_bytes,
-                    ack_wait=cfg.ack_wait,
-                )
-                await self._bridge.run(self._aio_subscribe, recover, source)
+                source = await self._pinned_source(info, group, sub)
+                await self._bridge.run(self._aio_subscribe, source)
             else:
                 source = CoreListener(self._nc, sub, cfg.request_timeout)
                 await self._bridge.run(source.start)
@@ -343,41 +342,93 @@ class NatsBackend:
         self._subs.append(sub)
         self._tasks.start_soon(sub.fetch, cfg.fetch_batch, name=f"teb-nats-fetch-{topic}-{group}")
 
-    def _consumer_config(self, topic: str, durable: str) -> api.ConsumerConfig:
+    def _consumer_config(self, topic: str, group: str, slot: int) -> dict[str, Any]:
+        """The durable ``pinned_client`` consumer of ``slot`` (see :mod:`.partitions`, :mod:`.pinned`)."""
         cfg = self._config
-        return api.ConsumerConfig(
-            name=durable,
-            durable_name=durable,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=cfg.ack_wait,
-            max_deliver=-1 if cfg.max_deliver is None else cfg.max_deliver,
-            max_ack_pending=cfg.max_ack_pending,
-            filter_subject=topic,
+        name = consumer_name(durable_name(group), slot)
+        return {
+            "name": name,
+            "durable_name": name,
+            "deliver_policy": "all",
+            "ack_policy": "explicit",
+            "ack_wait": int(cfg.ack_wait * 1e9),
+            "max_deliver": -1 if cfg.max_deliver is None else cfg.max_deliver,
+            "max_ack_pending": cfg.max_ack_pending,
+            "filter_subject": filter_subject(topic, slot),
+            "priority_groups": [PIN_GROUP],
+            "priority_policy": "pinned_client",
+            "priority_timeout": int(cfg.pinned_ttl * 1e9),
+        }
+
+    async def _pinned_source(self, info: _Topic, group: str, sub: Subscription) -> Source:
+        """One pinned puller (no partitions: every member pulls, the server serves one), or a
+        :class:`PullerGroup` sharing ``P + 1`` slots among the group's members."""
+        cfg = self._config
+        assert self._bridge is not None
+        assert info.stream is not None
+        stream = info.stream
+        slot_list = slots(info.partitions)
+        configs = {slot: self._consumer_config(info.name, group, slot) for slot in slot_list}
+        for config in configs.values():
+            await self._bridge.run(self._aio_ensure_consumer, info, config)
+        max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
+        # the pullers of a group share the subscription's window: each asks for its part of fetch_batch
+        batch = cfg.fetch_batch if len(slot_list) == 1 else max(16, -(-cfg.fetch_batch // len(slot_list)))
+
+        def make(slot: int, window: Window | None) -> PinnedPuller:
+            config = configs[slot]
+            return PinnedPuller(
+                self._nc,
+                sub,
+                stream,
+                config["durable_name"],
+                batch,
+                cfg.fetch_max_wait,
+                functools.partial(self._aio_ensure_consumer, info, config),
+                max_bytes=max_bytes,
+                ack_wait=cfg.ack_wait,
+                window=window,
+                owns_pipe=window is None,
+                js=self._js,
+                pinned_ttl=cfg.pinned_ttl,
+            )
+
+        if len(slot_list) == 1:
+            return make(BASE, None)
+        return PullerGroup(
+            self._nc,
+            f"_TEB.pcg.{stream}.{group}",
+            slot_list,
+            make,
+            sub.pipe.close,
+            heartbeat=cfg.group_heartbeat,
+            timeout=cfg.group_session_timeout,
         )
 
-    async def _aio_subscribe(self, recover: functools.partial[Any], source: Puller) -> None:
-        await recover()
+    async def _aio_subscribe(self, source: Source) -> None:
         await source.start()
         self._pullers.add(source)
 
-    async def _aio_ensure_consumer(self, info: _Topic, config: api.ConsumerConfig) -> None:
+    async def _aio_ensure_consumer(self, info: _Topic, config: dict[str, Any]) -> None:
         js = self._js
         assert info.stream is not None
         assert info.config is not None
+        timeout = self._config.request_timeout
         try:
-            await js.add_consumer(info.stream, config)
+            await create_consumer(js, info.stream, config, timeout)
         except NotFoundError:  # the stream is gone (memory storage after a restart, deleted by hand)
             await ensure_stream(js, info.config)
-            await js.add_consumer(info.stream, config)
+            await create_consumer(js, info.stream, config, timeout)
         except APIError as exc:
             try:
-                await js.consumer_info(info.stream, config.durable_name)
+                await js.consumer_info(info.stream, config["durable_name"])
             except NotFoundError:
                 raise exc from None
             logger.warning(
-                "consumer %r of stream %r exists with another config (%s); using it as it is",
-                config.durable_name,
+                "consumer %r of stream %r exists with another config (%s); using it as it is (without a pinned "
+                "client, instances of its group may handle one key concurrently: delete it to let the bus "
+                "re-create it)",
+                config["durable_name"],
                 info.stream,
                 exc.description,
             )
@@ -489,9 +540,19 @@ class NatsBackend:
             for source in list(self._pullers):
                 source.check(now)
 
-    async def _aio_stop_sources(self, sources: list[Puller | CoreListener]) -> None:
+    async def _aio_stop_sources(self, sources: list[Source]) -> None:
         await asyncio.gather(*(s.stop() for s in sources))
         self._pullers.difference_update(sources)
+
+    async def _aio_unpin(self, budget: float) -> None:
+        """At close, after the settlements went out: unpin what this bus holds, so the group's next member
+        is served at once instead of after ``pinned_ttl``."""
+        sources = [s.source for s in self._subs if isinstance(s.source, PinnedPuller | PullerGroup)]
+        if not sources or not self._nc.is_connected:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(budget, self._config.request_timeout)):
+                await asyncio.gather(*(s.unpin(confirm=False) for s in sources), return_exceptions=True)
 
     async def _aio_finish_publishing(self, budget: float) -> None:
         """Wait for outstanding PubAcks (bounded by ``budget`` too), fail the rest, close the outcome pipe."""

@@ -113,12 +113,11 @@ async def _send(nc: Any, batch: list[tuple[JsToken, bytes]]) -> int:
     publish = nc.publish
     failed = 0
     for token, payload in batch:
-        sub = token.sub
-        out = sub.out  # settled: no more progress acks
+        out = token.out  # settled: no more progress acks
         if out.get(token.seq) is token:
             del out[token.seq]
             if payload is ACK or payload is TERM:  # final: remember it briefly (a crossing redelivery)
-                settled = sub.settled
+                settled = token.sub.settled
                 settled[token.seq] = payload
                 if len(settled) > _REMEMBERED:
                     settled.popitem(last=False)
