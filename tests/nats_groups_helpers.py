@@ -26,6 +26,7 @@ class Tally:
         self.handled = self.duplicates = self.violations = self.concurrent = 0
         self.by_member: dict[str, int] = defaultdict(int)
         self._waiters: list[tuple[int, trio.Event]] = []
+        self._member_waiters: dict[tuple[str, int], trio.Event] = {}
 
     @property
     def sent(self) -> int:
@@ -63,6 +64,16 @@ class Tally:
         for target, event in self._waiters:
             if distinct >= target:
                 event.set()
+        for (who, target), event in self._member_waiters.items():
+            if who == member and self.by_member[member] >= target:
+                event.set()
+
+    async def wait_member(self, member: str, target: int) -> None:
+        """Return once ``member`` handled ``target`` envelopes."""
+        event = self._member_waiters.setdefault((member, target), trio.Event())
+        if self.by_member[member] >= target:
+            event.set()
+        await event.wait()
 
     async def wait(self, target: int) -> None:
         event = trio.Event()

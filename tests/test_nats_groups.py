@@ -6,21 +6,33 @@ key). Instances are buses in this process, or child processes (``nats_group_chil
 
 from __future__ import annotations
 
+import functools
+import os
 import random
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from nats_group_child import GROUP_TIMINGS
 from nats_groups_helpers import Tally
-from nats_helpers import config, topic_name
+from nats_helpers import config, on_server, stream_of, topic_name
 
 import trio_eventbus as teb
+from trio_eventbus.backends.nats.config import NatsConfig
+from trio_eventbus.backends.nats.stats import NatsGroupStatistics, NatsStatistics
 from trio_eventbus.testing.conformance import envelope, seq_of
 
 pytestmark = pytest.mark.nats
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = ROOT / "tests" / "nats_group_child.py"
 
 
-def handler_for(tally: Tally, member: str, rng: random.Random):  # type: ignore[no-untyped-def]
+def handler_for(tally: Tally, member: str, rng: random.Random) -> Callable[[teb.Envelope], Awaitable[None]]:
     async def handle(env: teb.Envelope) -> None:
         key = env.aggregate_id
         tally.start(key)
@@ -64,3 +76,137 @@ async def test_instances_keep_per_key_order(nats_url: str, instances: int, parti
     assert tally.lost == 0
     assert tally.violations == 0
     assert tally.concurrent == 0
+
+
+# ------------------------------------------------------------------------------------- rebalancing, failover
+
+
+async def publish_paced(bus: teb.EventBus, topic: str, keys: int, per_key: int, pause: float) -> None:
+    """Like :func:`publish_all`, one round (an envelope per key) every ``pause`` s: a stream that lasts."""
+    for n in range(per_key):
+        for k in range(keys):
+            await bus.publish_envelope(topic, envelope(f"agg-{k}", n))
+        await trio.sleep(pause)  # pacing the workload, not synchronisation
+    await bus.flush()
+
+
+async def member(
+    cfg: NatsConfig,
+    topic: str,
+    group: str,
+    handler: Callable[[teb.Envelope], Awaitable[None]],
+    leave: trio.Event,
+    *,
+    task_status: trio.TaskStatus[teb.EventBus] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One instance of the group: a bus subscribed until ``leave`` is set, then closed gracefully."""
+    async with teb.open_bus(cfg) as bus:
+        await bus.configure_topic(topic, teb.TopicOptions(partitions=6))
+        await bus.subscribe_envelope(topic, handler, group=group)
+        task_status.started(bus)
+        await leave.wait()
+
+
+def ownership(bus: teb.EventBus) -> NatsGroupStatistics:
+    backend = bus.statistics().backend
+    assert isinstance(backend, NatsStatistics)
+    found = backend.subscription_details[0].ownership
+    assert found is not None
+    return found
+
+
+async def test_members_join_and_leave_mid_stream(nats_url: str) -> None:
+    """A second instance joins mid-stream (the first hands partitions over), then the first leaves gracefully
+    (its partitions go to the second once it acked what it held): every key in order, nothing lost, no key
+    handled by two instances at once, no duplicates."""
+    topic, group = topic_name("rebalance"), "svc"
+    tally = Tally(100, 100)
+    rng = random.Random(11)
+    cfg = config(nats_url, **GROUP_TIMINGS)
+    leave_a, leave_b = trio.Event(), trio.Event()
+    with trio.fail_after(90):
+        async with teb.open_bus(cfg) as pub, trio.open_nursery() as nursery:
+            await pub.configure_topic(topic, teb.TopicOptions(partitions=6))
+            a = await nursery.start(member, cfg, topic, group, handler_for(tally, "a", rng), leave_a)
+            nursery.start_soon(publish_paced, pub, topic, 100, 100, 0.03)
+            await tally.wait(1500)
+            b = await nursery.start(member, cfg, topic, group, handler_for(tally, "b", rng), leave_b)
+            await tally.wait_member("b", 1500)
+            a_figures = ownership(a)
+            leave_a.set()  # graceful leave while messages are in flight
+            await tally.wait(tally.sent)
+            b_figures = ownership(b)
+            leave_b.set()
+    print(f"\njoin + leave mid-stream: {tally.figures()}\n  a before leaving: {a_figures}\n  b at the end: {b_figures}")
+    assert tally.lost == 0
+    assert tally.violations == 0
+    assert tally.concurrent == 0
+    assert tally.duplicates == 0
+    assert a_figures.handovers >= 3  # a gave b its share (3 or 4 of the 7 slots) when b joined
+    assert b_figures.owned == ("base", "p0", "p1", "p2", "p3", "p4", "p5")  # and b took a's share when a left
+    assert b_figures.resets == 0  # handovers leave nothing unacked
+
+
+async def test_member_killed_mid_stream_is_replaced_in_order(nats_url: str) -> None:
+    """An instance in a child process joins mid-stream (it is handed partitions), then is SIGKILLed with
+    messages in its hands: the other instance takes its partitions over within the group timings, resets
+    their consumers to the ack floor and handles the rest in order: nothing lost, duplicates bounded by the
+    deliveries past the ack floor at the kill."""
+    topic, group = topic_name("kill"), "svc"
+    tally = Tally(100, 100)
+    rng = random.Random(13)
+    cfg = config(nats_url, **GROUP_TIMINGS)
+    leave = trio.Event()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with trio.fail_after(90):
+        async with teb.open_bus(cfg) as pub, trio.open_nursery() as nursery:
+            await pub.configure_topic(topic, teb.TopicOptions(partitions=6))
+            survivor = await nursery.start(member, cfg, topic, group, handler_for(tally, "parent", rng), leave)
+            nursery.start_soon(publish_paced, pub, topic, 100, 100, 0.05)
+            await tally.wait(1000)
+            child = await trio.lowlevel.open_process(
+                [sys.executable, str(CHILD), nats_url, topic, group, "6"], stdout=subprocess.PIPE, env=env
+            )
+            try:
+                assert child.stdout is not None
+                nursery.start_soon(read_child, child.stdout, tally)
+                await tally.wait_member("child", 1000)
+                child.kill()  # SIGKILL: nothing acked, flushed or unpinned
+                await child.wait()
+            finally:
+                child.kill()
+            past_floor = await on_server(nats_url, functools.partial(deliveries_past_floor, stream_of(topic)))
+            killed_at = tally.handled
+            await tally.wait(tally.sent)
+            figures = ownership(survivor)
+            leave.set()
+    print(
+        f"\nSIGKILL mid-stream: {tally.figures()}\n  handled when killed: {killed_at}, deliveries past the ack "
+        f"floor at the kill: {past_floor}\n  survivor: {figures}"
+    )
+    assert tally.lost == 0
+    assert tally.violations == 0
+    assert tally.concurrent == 0
+    assert tally.duplicates <= past_floor
+    assert figures.resets >= 1  # the dead member's unacked deliveries were redelivered first
+    assert figures.owned == ("base", "p0", "p1", "p2", "p3", "p4", "p5")
+
+
+async def read_child(stream: trio.abc.ReceiveStream, tally: Tally) -> None:
+    """Record the child's handled envelopes (``H <key> <seq>`` lines) until its stdout ends."""
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            parts = line.decode().split()
+            if parts and parts[0] == "H":
+                tally.record(parts[1], int(parts[2]), "child")
+
+
+async def deliveries_past_floor(stream: str, js: Any) -> int:
+    """Deliveries past the ack floor, summed over the stream's consumers (what resets can deliver again)."""
+    total = 0
+    for info in await js.consumers_info(stream):
+        total += info.delivered.consumer_seq - info.ack_floor.consumer_seq
+    return total
