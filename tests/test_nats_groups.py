@@ -23,6 +23,7 @@ from nats_groups_helpers import Tally
 from nats_helpers import config, on_server, stream_of, topic_name
 
 import trio_eventbus as teb
+from trio_eventbus._partition import partition_of
 from trio_eventbus.backends.nats.config import NatsConfig
 from trio_eventbus.backends.nats.stats import NatsGroupStatistics, NatsStatistics
 from trio_eventbus.testing.conformance import envelope, seq_of
@@ -210,3 +211,149 @@ async def deliveries_past_floor(stream: str, js: Any) -> int:
     for info in await js.consumers_info(stream):
         total += info.delivered.consumer_seq - info.ack_floor.consumer_seq
     return total
+
+
+# ------------------------------------------------------------------------------------------ layout, options
+
+
+async def test_partition_layout_and_plain_publishers(nats_url: str) -> None:
+    """Keyed messages are stored on ``<partition_of(key, P)>.<topic>``, keyless ones on the topic itself; a
+    plain NATS publisher's messages (base subject, no headers) are consumed by the group too; each member's
+    statistics show the slots it owns, and together they own every slot once."""
+    topic, group = topic_name("layout"), "svc"
+    keys = [f"k{i}" for i in range(12)]
+    got: list[tuple[str | None, bytes]] = []
+    done = trio.Event()
+    expected = len(keys) + 2 + 3
+
+    async def handle(msg: teb.Message) -> None:
+        got.append((msg.key, msg.data))
+        if len(got) == expected:
+            done.set()
+
+    async def plain(js: Any) -> None:
+        for i in range(3):
+            await js.publish(topic, b"plain-%d" % i)
+
+    with trio.fail_after(60):
+        async with teb.open_bus(config(nats_url)) as a, teb.open_bus(config(nats_url)) as b:
+            for bus in (a, b):
+                await bus.configure_topic(topic, teb.TopicOptions(partitions=4))
+                await bus.subscribe(topic, handle, group=group)
+            for key in keys:
+                await a.publish(topic, key.encode(), key=key, confirm=True)
+            for i in range(2):
+                await a.publish(topic, b"keyless-%d" % i, confirm=True)
+            await on_server(nats_url, plain)
+            await done.wait()
+            shares = [ownership(a), ownership(b)]
+
+        async def subjects(js: Any) -> list[str]:
+            return [(await js.get_msg(stream_of(topic), seq)).subject for seq in range(1, expected + 1)]
+
+        stored = await on_server(nats_url, subjects)
+    print(f"\nshares: {shares}")
+    assert stored[: len(keys)] == [f"{partition_of(k, 4)}.{topic}" for k in keys]
+    assert stored[len(keys) :] == [topic] * 5
+    assert sorted(data for _, data in got) == sorted(
+        [k.encode() for k in keys] + [b"keyless-0", b"keyless-1", b"plain-0", b"plain-1", b"plain-2"]
+    )
+    assert sorted(shares[0].owned + shares[1].owned) == ["base", "p0", "p1", "p2", "p3"]
+    assert {len(s.owned) for s in shares} == {2, 3}  # balanced
+    assert all(s.members == 2 for s in shares)
+
+
+async def test_partition_subject_clash_is_refused(nats_url: str) -> None:
+    """A topic literally named like another partitioned topic's partition subject cannot get a stream."""
+    topic = topic_name("clash")
+    with trio.fail_after(30):
+        async with teb.open_bus(config(nats_url)) as bus:
+            await bus.configure_topic(topic, teb.TopicOptions(partitions=3))
+            with pytest.raises(teb.InvalidTopicError, match="partition"):
+                await bus.configure_topic(f"1.{topic}", teb.TopicOptions())
+            await bus.configure_topic(f"{topic}.dlq", teb.TopicOptions())  # the dead letters never clash
+
+
+async def test_standby_takes_over_a_single_partition_in_order(nats_url: str) -> None:
+    """partitions=1: the server serves one instance; when it leaves mid-stream the standby is pinned at once
+    and goes on in order, without duplicates."""
+    topic, group = topic_name("standby"), "svc"
+    tally = Tally(100, 50)
+    rng = random.Random(17)
+    cfg = config(nats_url, **GROUP_TIMINGS)
+    leave_a, leave_b = trio.Event(), trio.Event()
+    with trio.fail_after(60):
+        async with teb.open_bus(cfg) as pub, trio.open_nursery() as nursery:
+            a = await nursery.start(single_member, cfg, topic, group, handler_for(tally, "a", rng), leave_a)
+            b = await nursery.start(single_member, cfg, topic, group, handler_for(tally, "b", rng), leave_b)
+            nursery.start_soon(publish_paced, pub, topic, 100, 50, 0.03)
+            await tally.wait(2000)
+            first, standby = (a, b) if tally.by_member["a"] else (b, a)
+            assert ownership(standby).pinned == ()  # handled nothing so far: it stands by
+            (leave_a if first is a else leave_b).set()
+            await tally.wait(tally.sent)
+            figures = ownership(standby)
+            leave_a.set()
+            leave_b.set()
+    print(f"\nstandby: {tally.figures()}\n  standby at the end: {figures}")
+    assert tally.lost == 0
+    assert tally.violations == 0
+    assert tally.concurrent == 0
+    assert tally.duplicates == 0
+    assert figures.pinned == ("base",)
+    assert figures.resets == 0
+
+
+async def single_member(
+    cfg: NatsConfig,
+    topic: str,
+    group: str,
+    handler: Callable[[teb.Envelope], Awaitable[None]],
+    leave: trio.Event,
+    *,
+    task_status: trio.TaskStatus[teb.EventBus] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with teb.open_bus(cfg) as bus:
+        await bus.subscribe_envelope(topic, handler, group=group)
+        task_status.started(bus)
+        await leave.wait()
+
+
+def test_group_timings_are_validated() -> None:
+    assert NatsConfig().pinned_ttl == 5.0
+    assert (NatsConfig().group_heartbeat, NatsConfig().group_session_timeout) == (1.0, 5.0)
+    with pytest.raises(teb.InvalidOptionError, match="group_session_timeout"):
+        NatsConfig(group_heartbeat=1.0, group_session_timeout=2.0)
+    with pytest.raises(teb.InvalidOptionError, match="pinned_ttl"):
+        NatsConfig(pinned_ttl=0.05, fetch_max_wait=0.1)
+    with pytest.raises(teb.InvalidOptionError):
+        NatsConfig(pinned_ttl=0)
+
+
+async def test_each_slot_has_a_pinned_consumer(nats_url: str) -> None:
+    """partitions=3: the group's consumers are the base one (named after the group) and one per partition,
+    each a pinned_client consumer with priority_timeout = pinned_ttl, filtering its own subject."""
+    topic, group = topic_name("consumers"), "svc"
+
+    async def consumers(js: Any) -> dict[str, dict[str, Any]]:
+        out = {}
+        for info in await js.consumers_info(stream_of(topic)):
+            raw = await js._api_request(f"$JS.API.CONSUMER.INFO.{stream_of(topic)}.{info.name}", b"")
+            out[info.name] = raw["config"]
+        return out
+
+    async def ignore(msg: teb.Message) -> None:
+        await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(30):
+        async with teb.open_bus(config(nats_url, pinned_ttl=3.0)) as bus:
+            await bus.configure_topic(topic, teb.TopicOptions(partitions=3))
+            await bus.subscribe(topic, ignore, group=group)
+            found = await on_server(nats_url, consumers)
+    assert sorted(found) == ["svc", "svc~p0", "svc~p1", "svc~p2"]
+    assert found["svc"]["filter_subject"] == topic
+    assert found["svc~p2"]["filter_subject"] == f"2.{topic}"
+    for cfg in found.values():
+        assert cfg["priority_policy"] == "pinned_client"
+        assert cfg["priority_groups"] == ["teb"]
+        assert cfg["priority_timeout"] == 3_000_000_000
