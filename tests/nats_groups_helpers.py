@@ -27,6 +27,8 @@ class Tally:
         self.by_member: dict[str, int] = defaultdict(int)
         self._waiters: list[tuple[int, trio.Event]] = []
         self._member_waiters: dict[tuple[str, int], trio.Event] = {}
+        self.log: list[tuple[str, int, str]] = []  # (key, seq, member) in handling order
+        self.first_violation: str | None = None
 
     @property
     def sent(self) -> int:
@@ -53,11 +55,14 @@ class Tally:
         self.handled += 1
         self.by_member[member] += 1
         seen = self.seen[key]
+        self.log.append((key, seq, member))
         if seq in seen:
             self.duplicates += 1
         else:
             if seq < self.highest.get(key, -1):
                 self.violations += 1
+                if self.first_violation is None:
+                    self.first_violation = key
             seen.add(seq)
             self.highest[key] = max(seq, self.highest.get(key, -1))
         distinct = self.distinct if self._waiters else 0
@@ -81,6 +86,11 @@ class Tally:
         if self.distinct >= target:
             event.set()
         await event.wait()
+
+    def story(self, key: str | None = None) -> str:
+        """The handlings of ``key`` (default: the first key whose order broke), in order: ``seq@member``."""
+        key = key or self.first_violation
+        return f"{key}: " + " ".join(f"{q}@{m}" for k, q, m in self.log if k == key)
 
     def figures(self) -> str:
         members = ", ".join(f"{m or '-'}: {n}" for m, n in sorted(self.by_member.items()))
