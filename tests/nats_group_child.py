@@ -4,9 +4,9 @@
 
 Opens a bus (short group timings: heartbeat 0.2 s, session timeout 1 s, pinned_ttl 2 s), subscribes to TOPIC
 in GROUP with a 0-2 ms handler (20 ms once it handled SLOW_AFTER envelopes: a slow downstream, so that it
-holds a backlog in its lanes when it is killed; 0: never) and writes one line per event to stdout, flushed at once: ``ready`` once
-subscribed, ``S <key>`` when a handling starts and ``H <key> <seq>`` when it ends. The parent kills it with
-SIGKILL (nothing is flushed or acked at the kill: the figures it read are all there is).
+holds a backlog in its lanes when it is killed; 0: never) and writes one line per event to stdout, flushed at
+once: ``ready`` once subscribed, ``S <key>`` when a handling starts and ``H <key> <seq>`` when it ends. The
+parent kills it with SIGKILL (nothing is flushed or acked at the kill: the figures it read are all there is).
 """
 
 from __future__ import annotations

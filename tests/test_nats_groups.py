@@ -143,6 +143,8 @@ async def test_members_join_and_leave_mid_stream(nats_url: str) -> None:
             b_figures = ownership(b)
             leave_b.set()
     print(f"\njoin + leave mid-stream: {tally.figures()}\n  a before leaving: {a_figures}\n  b at the end: {b_figures}")
+    if tally.first_violation is not None:
+        print(tally.story())
     assert tally.lost == 0
     assert tally.violations == 0
     assert tally.concurrent == 0

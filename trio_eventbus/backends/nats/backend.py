@@ -12,16 +12,17 @@ Server version
 
 Names
     ======================  =======================================================================
-    subject                 the topic itself (``orders.created``): topics are literal NATS subjects
+    subject                 the topic itself (``orders.created``): topics are literal NATS subjects;
+                            partitioned topics add ``<p>.orders.created`` per partition (:mod:`.partitions`)
     stream (persistent)     ``NatsConfig.stream_prefix`` + topic with ``.`` → ``_``
-                            (``TEB_orders_created``), capturing exactly the one subject ``topic``
+                            (``TEB_orders_created``), capturing exactly the topic's subjects
     dead letters            topic ``orders.created.dlq`` → subject ``orders.created.dlq`` →
                             its own stream ``TEB_orders_created_dlq``
-    durable consumer        the group name, inside the topic's stream
+    durable consumer        the group name, inside the topic's stream (``<group>~p<n>`` per partition)
     ephemeral topics        core NATS subject ``topic``, queue group = group name, no stream
     ======================  =======================================================================
 
-    Streams capture one literal subject each, so two streams of the bus never overlap. Two topics that
+    Streams capture literal subjects only, so two streams of the bus never overlap. Two topics that
     differ only by ``.`` versus ``_`` (``a.b`` and ``a_b``) would share a stream name: the second one is
     refused with :class:`InvalidTopicError`, as is a topic whose subject another stream (not made by the
     bus) already captures, or whose stream name would be too long.
@@ -30,7 +31,9 @@ Topics (:mod:`.streams`)
     ``TopicOptions`` become the stream config: limits retention (``max_age``, ``max_bytes``,
     ``max_messages``, discard old; unset limits fall back to ``NatsConfig.stream_max_*``), ``replicas``,
     ``duplicate_window`` (JetStream cannot turn dedupe off: ``0`` becomes 1 ms). An existing stream is
-    updated when those differ. ``partitions`` has no NATS meaning and is ignored.
+    updated when those differ. ``partitions = P > 1`` gives the topic ``P`` partition subjects; a keyed
+    message is published on its key's (``partition_of``, the Go services' function), a keyless one on the
+    topic itself (:mod:`.partitions`).
 
 Publishing (:mod:`.publish`)
     JetStream async publish (reply inbox per bus, at most ``max_pending_publishes`` PubAcks awaited), one
@@ -40,11 +43,16 @@ Publishing (:mod:`.publish`)
     :class:`MessageTooLargeError` (a ``PublishError``) before it is written (the server would close the
     connection); the rest of its batch goes through.
 
-Consuming (:mod:`.consume`)
-    A durable pull consumer per (topic, group) (explicit acks, ``ack_wait``, ``max_ack_pending``,
-    ``max_deliver``), one fetcher per subscription; ``Delivery.attempt`` = JetStream's delivery count;
-    ``NAK`` carries the retry delay; acks travel in batches (:mod:`.settle`). Pull requests are bounded by
-    count and by bytes (``fetch_max_bytes``). Deliveries held by the bus (in a lane or a handler) get
+Consuming (:mod:`.consume`, :mod:`.consumers`, :mod:`.pinned`, :mod:`.groups`)
+    Every durable consumer is a ``pinned_client`` priority-group consumer: the server serves one instance of
+    the group at a time (a second instance stands by and takes over when the first leaves or dies). A
+    partitioned topic has one consumer per partition plus one for its base subject, shared among the group's
+    live members by heartbeats and a balanced assignment, handed over after the held messages are acked;
+    a dead member's share moves on after ``max(group_session_timeout, pinned_ttl)``, its unacked deliveries
+    first and in order (consumer reset); :mod:`.consumers` creates them (explicit acks, ``ack_wait``,
+    ``max_ack_pending``, ``max_deliver``). One fetcher per subscription; ``Delivery.attempt`` = JetStream's
+    delivery count; ``NAK`` carries the retry delay; acks travel in batches (:mod:`.settle`). Pull requests
+    are bounded by count and by bytes (``fetch_max_bytes``). Deliveries held by the bus (in a lane or a handler) get
     progress acks every ``ack_wait / 3`` s, and a redelivery of a held message is dropped (recognised by
     stream sequence). A disconnect is logged with the client's last error and the knob to change if the
     server dropped us as a slow consumer.
@@ -84,7 +92,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -95,7 +102,6 @@ import trio
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 from nats.js import api
-from nats.js.errors import APIError, NotFoundError
 
 from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
 from ..._exceptions import (
@@ -106,15 +112,16 @@ from ..._exceptions import (
 from ..._options import TopicOptions
 from .._bridge.bridge import Bridge, BridgeError, open_bridge
 from .config import NatsConfig, _mask_url
-from .consume import CoreListener, Source, Subscription, Window
+from .consume import CoreListener, Source, Subscription
+from .consumers import pinned_source
 from .groups import PullerGroup
-from .partitions import BASE, PIN_GROUP, consumer_name, filter_subject, slots, stream_subjects, subject_for
-from .pinned import PinnedPuller, create_consumer
+from .partitions import stream_subjects, subject_for
+from .pinned import PinnedPuller
 from .publish import Publisher, WireItem
 from .settle import Settler
 from .stats import NatsStatistics
 from .streams import ensure_stream, stream_config
-from .wire import NATS_ERRORS, durable_name, server_version_error, stream_name, wire_message
+from .wire import NATS_ERRORS, server_version_error, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
 
@@ -165,6 +172,7 @@ class NatsBackend:
         self._pullers: set[Source] = set()  # loop thread only
         self._closing = False
         self._consuming_stopped = False
+        self._unrouted: list[Delivery] = []  # drained from the pipes when consuming stopped; nak'ed at the exit
         self._forwarder = trio.CancelScope()
         self._lost: BackendUnavailable | None = None
         # connection figures, written by nats-py callbacks on the loop thread
@@ -233,6 +241,10 @@ class NatsBackend:
             await self.stop_consuming()
             for sub in self._subs:
                 self._settler.nak_held(sub)
+            # the un-routed deliveries are the newest of their consumers: nak'ed after the held ones (the
+            # server redelivers nak'ed messages in the order of the naks: each key stays in order)
+            self._settler.nak_all(self._unrouted)
+            self._unrouted.clear()
             await self._settler.flush()
             await bridge.run(self._aio_unpin, max(0.0, (deadline - trio.current_time()) / 4))
             budget = max(0.0, (deadline - trio.current_time()) / 2)
@@ -244,7 +256,8 @@ class NatsBackend:
             logger.warning("closing the NATS backend: %r", exc)
 
     async def stop_consuming(self) -> None:
-        """Stop every fetcher; un-routed deliveries are nak'ed. The sinks are not called after this."""
+        """Stop every fetcher; un-routed deliveries are nak'ed at the exit, after the deliveries the lanes
+        still hold. The sinks are not called after this."""
         if self._consuming_stopped:
             return
         self._consuming_stopped = True
@@ -261,7 +274,7 @@ class NatsBackend:
             logger.warning("stopping the NATS subscriptions failed: %r", exc)
             return
         for sub in subs:
-            self._settler.nak_all(await sub.drain())
+            self._unrouted += await sub.drain()
 
     def _connect_error(self, exc: BaseException) -> BackendUnavailable:
         servers = ", ".join(_mask_url(u) for u in self._config.servers)
@@ -329,7 +342,11 @@ class NatsBackend:
         source: Source
         with map_exceptions(NATS_ERRORS, f"cannot subscribe to {topic!r} in group {group!r}"):
             if info.persistent:
-                source = await self._pinned_source(info, group, sub)
+                assert info.stream is not None
+                assert info.config is not None
+                max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
+                args = (cfg, self._nc, self._js, sub, info.stream, info.config, info.partitions, max_bytes)
+                source = await self._bridge.run(pinned_source, *args)
                 await self._bridge.run(self._aio_subscribe, source)
             else:
                 source = CoreListener(self._nc, sub, cfg.request_timeout)
@@ -342,96 +359,9 @@ class NatsBackend:
         self._subs.append(sub)
         self._tasks.start_soon(sub.fetch, cfg.fetch_batch, name=f"teb-nats-fetch-{topic}-{group}")
 
-    def _consumer_config(self, topic: str, group: str, slot: int) -> dict[str, Any]:
-        """The durable ``pinned_client`` consumer of ``slot`` (see :mod:`.partitions`, :mod:`.pinned`)."""
-        cfg = self._config
-        name = consumer_name(durable_name(group), slot)
-        return {
-            "name": name,
-            "durable_name": name,
-            "deliver_policy": "all",
-            "ack_policy": "explicit",
-            "ack_wait": int(cfg.ack_wait * 1e9),
-            "max_deliver": -1 if cfg.max_deliver is None else cfg.max_deliver,
-            "max_ack_pending": cfg.max_ack_pending,
-            "filter_subject": filter_subject(topic, slot),
-            "priority_groups": [PIN_GROUP],
-            "priority_policy": "pinned_client",
-            "priority_timeout": int(cfg.pinned_ttl * 1e9),
-        }
-
-    async def _pinned_source(self, info: _Topic, group: str, sub: Subscription) -> Source:
-        """One pinned puller (no partitions: every member pulls, the server serves one), or a
-        :class:`PullerGroup` sharing ``P + 1`` slots among the group's members."""
-        cfg = self._config
-        assert self._bridge is not None
-        assert info.stream is not None
-        stream = info.stream
-        slot_list = slots(info.partitions)
-        configs = {slot: self._consumer_config(info.name, group, slot) for slot in slot_list}
-        for config in configs.values():
-            await self._bridge.run(self._aio_ensure_consumer, info, config)
-        max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
-        # the pullers of a group share the subscription's window: each asks for its part of fetch_batch
-        batch = cfg.fetch_batch if len(slot_list) == 1 else max(16, -(-cfg.fetch_batch // len(slot_list)))
-
-        def make(slot: int, window: Window | None) -> PinnedPuller:
-            config = configs[slot]
-            return PinnedPuller(
-                self._nc,
-                sub,
-                stream,
-                config["durable_name"],
-                batch,
-                cfg.fetch_max_wait,
-                functools.partial(self._aio_ensure_consumer, info, config),
-                max_bytes=max_bytes,
-                ack_wait=cfg.ack_wait,
-                window=window,
-                owns_pipe=window is None,
-                js=self._js,
-                pinned_ttl=cfg.pinned_ttl,
-            )
-
-        if len(slot_list) == 1:
-            return make(BASE, None)
-        return PullerGroup(
-            self._nc,
-            f"_TEB.pcg.{stream}.{group}",
-            slot_list,
-            make,
-            sub.pipe.close,
-            heartbeat=cfg.group_heartbeat,
-            timeout=cfg.group_session_timeout,
-        )
-
     async def _aio_subscribe(self, source: Source) -> None:
         await source.start()
         self._pullers.add(source)
-
-    async def _aio_ensure_consumer(self, info: _Topic, config: dict[str, Any]) -> None:
-        js = self._js
-        assert info.stream is not None
-        assert info.config is not None
-        timeout = self._config.request_timeout
-        try:
-            await create_consumer(js, info.stream, config, timeout)
-        except NotFoundError:  # the stream is gone (memory storage after a restart, deleted by hand)
-            await ensure_stream(js, info.config)
-            await create_consumer(js, info.stream, config, timeout)
-        except APIError as exc:
-            try:
-                await js.consumer_info(info.stream, config["durable_name"])
-            except NotFoundError:
-                raise exc from None
-            logger.warning(
-                "consumer %r of stream %r exists with another config (%s); using it as it is (without a pinned "
-                "client, instances of its group may handle one key concurrently: delete it to let the bus "
-                "re-create it)",
-                config["durable_name"],
-                info.stream,
-                exc.description,
-            )
 
     def settle(self, delivery: Delivery, disposition: Disposition, delay: float = 0.0) -> None:
         """Queue an ack / nak (after ``delay`` s) / term; they cross to the loop in batches. Never blocks."""

@@ -33,8 +33,10 @@ Ordering: one inbox, one fetcher: a subscriber sees the stream's order (a nak'ed
 after the others). Backpressure: a full lane blocks the fetcher in ``deliver``, so no credits return and no
 new requests go out (held messages keep getting progress acks meanwhile). Reconnects: outstanding requests
 are forgotten and re-issued after the consumer was re-created if it is gone; see :class:`Puller` for requests
-the server drops without an answer. Stopping: a stopping puller sends no more requests, naks what still
-arrives until its requests are answered (at most ``fetch_max_wait + 0.5 s``), then unsubscribes.
+the server drops without an answer. Stopping: a stopping puller sends no more requests, puts what still
+arrives until its requests are answered (at most ``fetch_max_wait + 0.5 s``) into the pipe after the rest (the
+fetcher is stopped: the backend naks the pipe's contents in arrival order, after the naks of the lanes, so a
+consumer's redeliveries keep each key's order), then unsubscribes.
 
 Ephemeral topics (:class:`CoreListener`): a core NATS queue subscription (queue group = the bus group) feeding
 the same kind of pipe; a full pipe drops (and counts) messages, like a NATS slow consumer. Core messages have
@@ -65,7 +67,7 @@ import trio
 from ..._abc import Delivery, DeliverySink
 from .._bridge import BatchPipe, Bridge, BridgeError
 from .stats import NatsSubscriptionStatistics
-from .wire import NAK, PROGRESS, ack_info, to_delivery
+from .wire import PROGRESS, ack_info, to_delivery
 
 __all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Source", "Subscription", "Window"]
 
@@ -349,8 +351,6 @@ class Puller:
         elif seq in self._settled:  # redelivered while its ack was on the way: settle the copy the same way
             self._redelivered(seq)
             await self._nc.publish(reply, self._settled[seq])
-        elif self.stopping:
-            await self._nc.publish(reply, NAK)
         else:
             self.window.held += 1
             token = JsToken(reply, seq, self._sub, self._out)

@@ -11,6 +11,10 @@ at a time, whatever each instance believes about the group's membership.
 
 :class:`PinnedPuller` (a :class:`~.consume.Puller`, asyncio side):
 
+- standing by: a puller pulls only while the pin is free or its own (it looks at the consumer's pin every
+  ``min(0.5, pinned_ttl / 4)`` s, at start and after losing the pin): a request waiting while another client
+  is pinned makes the server rotate the consumer's redelivery queue (it takes a redelivery off, finds no
+  eligible request and appends it again), and what the previous member nak'ed would come back out of order;
 - requests carry ``"group"`` and, once pinned, ``"id"``; a ``423`` forgets the pin (pulling goes on without
   one, so the puller waits for the pin to come back to it);
 - renewal: while pinned, a request goes out at least every ``pinned_ttl / 3`` s even when the window is full
@@ -58,6 +62,15 @@ _ACK_CONFIRM = 2.0  # at most this long waiting for the server to show the acks 
 _FLOOR_RECHECKS = 3  # looks at the ack floor before a reset (acks of a handover may still be in flight)
 
 
+def _consumer_seq(reply: str) -> int:
+    """The consumer sequence of an ack subject (0 if it cannot be parsed)."""
+    tokens = reply.split(".")
+    try:
+        return int(tokens[6] if len(tokens) == 9 else tokens[8])
+    except (IndexError, ValueError):
+        return 0
+
+
 async def api_request(js: Any, subject: str, body: dict[str, Any] | None, wait: float) -> dict[str, Any]:
     """One JetStream API request (raises nats-py's ``APIError`` subclasses on an error answer)."""
     payload = b"" if body is None else json.dumps(body).encode()
@@ -87,9 +100,13 @@ class PinnedPuller(Puller):
         self._stream, self._consumer = self.stream, self.durable
         self._timeout = 5.0
         self._renew_every = pinned_ttl / 3
+        self._poll = min(0.5, pinned_ttl / 4)  # looks at a pin held by another client (standing by)
+        self._standby = False
         self._keepalive_ids = 0
         self.pin: str | None = None
         self._gate: list[Any] | None = None
+        self._after_reset = False  # reset: drop deliveries made before it (see _admit)
+        self.stale = 0
         self._armed = False  # pinned anew: the first new message checks for a previous member's unacked ones
         self.releasing = False
         self.pins = self.pin_losses = self.resets = 0
@@ -138,6 +155,52 @@ class PinnedPuller(Puller):
             logger.info("consumer %s/%s pinned another member (423): this one stops receiving from it",
                         self._stream, self._consumer)  # fmt: skip
         self.pin = None
+        self._stand_by()
+
+    # -- standing by ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.paused = True  # the base start's first pull waits for _wait_free
+        await super().start()
+        self._stand_by()
+
+    def _stand_by(self) -> None:
+        if self._standby or self.stopping or self.releasing:
+            return
+        self._standby = True
+        self.paused = True
+        self._spawn(self._wait_free())
+
+    async def _wait_free(self) -> None:
+        """Pull only once no other client holds the consumer's pin (or it is ours).
+
+        A pull request that waits while another client is pinned makes the server take each redelivery off
+        the consumer's redelivery queue, find no eligible request and put it back at the end: the queue
+        rotates, and what the previous member nak'ed would come back out of order. So a member looks (every
+        ``min(0.5, pinned_ttl / 4)`` s) and pulls only when the pin is free; the server then serves the
+        redeliveries in the order of the naks.
+        """
+        try:
+            while not self.stopping and not self.releasing:
+                try:
+                    info = await api_request(self._js, f"CONSUMER.INFO.{self._stream}.{self._consumer}", None,
+                                             self._timeout)  # fmt: skip
+                    holder = next(
+                        (
+                            g.get("pinned_client_id")
+                            for g in info.get("priority_groups") or ()
+                            if g.get("group") == PIN_GROUP
+                        ),
+                        None,
+                    )
+                    if not holder or holder == self.pin:
+                        break
+                except Exception as exc:  # connection down, consumer gone: the next look (or recovery) sees
+                    logger.debug("looking at the pin of %s/%s failed: %r", self._stream, self._consumer, exc)
+                await asyncio.sleep(self._poll)
+        finally:
+            self._standby = False
+        self.resume()
 
     # -- the gate of a new pin --------------------------------------------------------------------------
 
@@ -145,6 +208,14 @@ class PinnedPuller(Puller):
         if self._gate is not None:
             self._gate.append(msg)
             return False
+        if self._after_reset:
+            # the server sends a consumer's deliveries in order, and the first one after a reset has consumer
+            # sequence 1: anything before it was delivered before the reset (a request that outlived the gate's
+            # wait) and comes again from the ack floor: dropped, it would jump the redeliveries
+            if _consumer_seq(reply) != 1:
+                self.stale += 1
+                return False
+            self._after_reset = False
         headers = msg.headers
         pin = headers.get(H_PIN) if headers else None
         if pin is not None and pin != self.pin:
@@ -174,12 +245,16 @@ class PinnedPuller(Puller):
                     answer.get("reset_seq"),
                 )
                 self._gate = None
+                self._after_reset = True
                 self.resume()
                 return
         except Exception as exc:
             logger.warning("consumer %s/%s: checking its pending acks after a new pin failed (%r); delivering on",
                            self._stream, self._consumer, exc)  # fmt: skip
         kept, self._gate = self._gate or [], None
+        # in stream order: a redelivery of an older message (a nak of the previous member processed while the
+        # gate was closed) may have arrived after newer ones
+        kept.sort(key=lambda m: ack_info(m.reply)[1])
         for msg in kept:
             await self._deliver(msg, msg.reply)
         self.resume()
@@ -215,10 +290,19 @@ class PinnedPuller(Puller):
             self._quiet = None
 
     def resume(self) -> None:
-        """Pull again (after a gate, or when a release was called off)."""
-        if self._gate is None and not self.releasing:
+        """Pull again (after a gate, or once the pin is free)."""
+        if self._gate is None and not self.releasing and not self._standby and not self.stopping:
             self.paused = False
             self._schedule_pull()
+
+    async def stop(self) -> None:
+        """Stop (see :meth:`Puller.stop`); messages kept back by an open gate go into the pipe first, so they
+        are nak'ed in order with the rest."""
+        self.stopping = True
+        kept, self._gate = self._gate or [], None
+        for msg in kept:
+            await self._deliver(msg, msg.reply)
+        await super().stop()
 
     # -- handover -------------------------------------------------------------------------------------
 

@@ -94,8 +94,9 @@ class Settler:
         self._queue(out)
 
     def nak_held(self, sub: Subscription) -> None:
-        """Nak every delivery of ``sub`` handed to the bus and never settled."""
-        out = [(token, NAK) for token in sub.held]
+        """Nak every delivery of ``sub`` handed to the bus and never settled, in stream order: the server
+        redelivers nak'ed messages in the order of the naks, so each key stays in order."""
+        out = [(token, NAK) for token in sorted(sub.held, key=_seq)]
         sub.held.clear()
         self.naks += len(out)
         self._queue(out)
@@ -107,6 +108,10 @@ class Settler:
 
     async def _send(self, batch: list[tuple[JsToken, bytes]]) -> None:  # loop thread
         self.failed += await _send(self._nc, batch)
+
+
+def _seq(token: JsToken) -> int:
+    return token.seq
 
 
 async def _send(nc: Any, batch: list[tuple[JsToken, bytes]]) -> int:
