@@ -19,9 +19,10 @@ at a time, whatever each instance believes about the group's membership.
   one, so the puller waits for the pin to come back to it);
 - renewal: while pinned, a request goes out at least every ``pinned_ttl / 3`` s even when the window is full
   (backpressure): a ``no_wait`` request with ``max_bytes: 1`` that renews the pin and can bring no message;
-- the gate of a new pin: redeliveries (what the previous member nak'ed when it closed) are routed as they
-  come: the server serves them before anything new. The first *new* message (delivery count 1) since the pin
-  is kept back with everything after it, new requests wait and the outstanding ones are let end; then the
+- the gate of a new pin: everything that arrives with a new pin id is kept back: first the redeliveries
+  (the server serves them before anything new: what the previous member nak'ed when it closed, or what was
+  on its way to a member that died), up to the first *new* message (delivery count 1, or a request ending
+  unfilled); then new requests wait and the outstanding ones are let end; then the
   consumer's ``num_ack_pending`` beyond what this puller holds says whether a previous member left deliveries
   neither acked nor nak'ed (it was killed with messages in its hands: they would come back only after
   ``ack_wait``, behind newer messages of the same keys: an order violation). If so the consumer is *reset* to
@@ -29,7 +30,7 @@ at a time, whatever each instance believes about the group's membership.
   delivers again from the first unacked message, in stream order, so the new member handles the dead
   member's unacked messages before anything newer. Messages the dead member acked above its ack floor come
   again too: the duplicates are bounded by what it had received past its ack floor. Otherwise the kept-back
-  messages are routed in order. On a server without the reset API the reset fails, is logged, and the
+  messages are routed in stream order. On a server without the reset API the reset fails, is logged, and the
   kept-back messages are routed (order then rests on ``ack_wait``);
 - handover (:meth:`PinnedPuller.release`): no new requests, the outstanding ones end (what they bring is
   routed and handled), every delivery of this puller is settled and its settlement sent, the server shows no
@@ -107,6 +108,7 @@ class PinnedPuller(Puller):
         self._gate: list[Any] | None = None
         self._after_reset = False  # reset: drop deliveries made before it (see _admit)
         self.stale = 0
+        self._collecting = False  # the gate collects redeliveries until the first new message
         self._armed = False  # pinned anew: the first new message checks for a previous member's unacked ones
         self.releasing = False
         self.pins = self.pin_losses = self.resets = 0
@@ -207,6 +209,8 @@ class PinnedPuller(Puller):
     def _admit(self, msg: Any, reply: str) -> bool:
         if self._gate is not None:
             self._gate.append(msg)
+            if self._collecting and ack_info(reply)[0] == 1:
+                self._close_gate()
             return False
         if self._after_reset:
             # the server sends a consumer's deliveries in order, and the first one after a reset has consumer
@@ -222,13 +226,27 @@ class PinnedPuller(Puller):
             self.pin = pin
             self.pins += 1
             self._armed = True
-        if not self._armed or ack_info(reply)[0] > 1:
-            return True  # a redelivery is served before anything new: what the last member nak'ed comes first
+        if not self._armed:
+            return True
+        # pinned anew: collect the redeliveries (served first, in the order of the previous member's naks, or
+        # sent to a member that died meanwhile) up to the first new message, then decide (see _open_gate)
         self._armed = False
         self._gate = [msg]
+        self._collecting = True
+        if ack_info(reply)[0] == 1:
+            self._close_gate()
+        return False
+
+    def _close_gate(self) -> None:
+        """Stop collecting: no new requests; once the outstanding ones ended, check and reset or route."""
+        self._collecting = False
         self.paused = True
         self._spawn(self._open_gate())
-        return False
+
+    def _on_status(self, subject: str, headers: dict[str, str]) -> None:
+        super()._on_status(subject, headers)
+        if self._collecting and headers.get("Status") in ("404", "408"):
+            self._close_gate()  # only redeliveries came, and a request ended unfilled: nothing more to collect
 
     async def _open_gate(self) -> None:
         try:
