@@ -182,17 +182,20 @@ async def test_member_killed_mid_stream_is_replaced_in_order(nats_url: str) -> N
                 burst.set()  # the rest at once, while the child got slow (20 ms per envelope): it holds a
                 await tally.wait_member("child", 1100)  # backlog in its lanes when it is killed
                 child.kill()  # SIGKILL: nothing acked, flushed or unpinned
+                killed = trio.current_time()
                 await child.wait()
             finally:
                 child.kill()
             past_floor = await on_server(nats_url, functools.partial(deliveries_past_floor, stream_of(topic)))
             killed_at = tally.handled
             await tally.wait(tally.sent)
+            finished_after = trio.current_time() - killed
             figures = ownership(survivor)
             leave.set()
     print(
         f"\nSIGKILL mid-stream: {tally.figures()}\n  handled when killed: {killed_at}, deliveries past the ack "
-        f"floor at the kill: {past_floor}\n  survivor: {figures}"
+        f"floor at the kill: {past_floor}; everything handled {finished_after:.2f} s after the kill (session "
+        f"timeout 1 s, pinned_ttl 2 s)\n  survivor: {figures}"
     )
     if tally.first_violation is not None:
         print(tally.story())

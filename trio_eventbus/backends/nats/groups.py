@@ -50,6 +50,8 @@ from .stats import NatsGroupStatistics
 __all__ = ["Membership", "PullerGroup", "assign", "slot_name"]
 
 logger = logging.getLogger("trio_eventbus.nats")
+_FIGURES = ("received", "requests_sent", "vanished", "recoveries", "redelivered_held", "progress_acks", "pins",
+            "pin_losses", "resets")  # fmt: skip
 _JOIN_SETTLE = 0.2  # seconds a joining member listens for the others' answers before its first assignment
 
 
@@ -155,7 +157,8 @@ class PullerGroup:
         self.window = Window()
         self.pullers: dict[int, PinnedPuller] = {}
         self._releasing: set[int] = set()
-        self._stopped_pullers: list[PinnedPuller] = []
+        self._stopped_pullers: list[PinnedPuller] = []  # stopped with the group: unpinned at close
+        self._past: dict[str, int] = dict.fromkeys(_FIGURES, 0)  # figures of pullers handed over and dropped
         self.membership = Membership(nc, subject, heartbeat, timeout, self._rebalance)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = self.stopping = False
@@ -165,12 +168,15 @@ class PullerGroup:
 
     @property
     def received(self) -> int:
-        return sum(p.received for p in self._all())
+        return self._figure("received")
 
     def __getattr__(self, name: str) -> int:  # summed puller figures for the subscription's statistics
-        if name in ("requests_sent", "vanished", "recoveries", "redelivered_held", "progress_acks"):
-            return sum(getattr(p, name) for p in self._all())
+        if name in _FIGURES:
+            return self._figure(name)
         raise AttributeError(name)
+
+    def _figure(self, name: str) -> int:
+        return self._past[name] + sum(int(getattr(p, name)) for p in self._all())
 
     def _all(self) -> list[PinnedPuller]:
         return [*self.pullers.values(), *self._stopped_pullers]
@@ -257,7 +263,8 @@ class PullerGroup:
             self._releasing.discard(slot)
             if self.pullers.get(slot) is puller:
                 del self.pullers[slot]
-                self._stopped_pullers.append(puller)
+                for name in _FIGURES:
+                    self._past[name] += getattr(puller, name)
             self._rebalance()
 
     # -- introspection --------------------------------------------------------------------------------------
@@ -272,7 +279,7 @@ class PullerGroup:
             pinned=tuple(slot_name(s) for s, p in sorted(live.items()) if p.pin is not None),
             releasing=tuple(slot_name(s) for s in sorted(self._releasing)),
             handovers=self.handovers,
-            pins=sum(p.pins for p in pullers),
-            pin_losses=sum(p.pin_losses for p in pullers),
-            resets=sum(p.resets for p in pullers),
+            pins=self._past["pins"] + sum(p.pins for p in pullers),
+            pin_losses=self._past["pin_losses"] + sum(p.pin_losses for p in pullers),
+            resets=self._past["resets"] + sum(p.resets for p in pullers),
         )
