@@ -1,5 +1,8 @@
 """``python -m bench --backend memory|nats|kafka [--bridge thread|trio-asyncio] [--messages N] [--json]``.
 
+``--backend nats --instances 1,2,3``: a consumer group of 1, 2 and 3 instances (``bench/nats_groups.py``)
+instead of the bus-versus-nats-py legs.
+
 Without ``--url``, ``--backend nats|kafka`` starts a throw-away local broker (as ``python -m trio_eventbus demo``).
 """
 
@@ -28,9 +31,15 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.backend == "nats":
         if args.url is None:
             raise SystemExit("--backend nats needs --url")
-        from .nats import bench_nats
+        if args.instances:
+            from .nats_groups import bench_nats_groups
 
-        figures = trio.run(lambda: bench_nats(args.url, messages=args.messages, bridge=args.bridge))
+            sizes = [int(n) for n in args.instances.split(",")]
+            figures = trio.run(lambda: bench_nats_groups(args.url, instances=sizes, messages=args.messages))
+        else:
+            from .nats import bench_nats
+
+            figures = trio.run(lambda: bench_nats(args.url, messages=args.messages, bridge=args.bridge))
     else:
         if args.url is None:
             raise SystemExit("--backend kafka needs --url")
@@ -67,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="memory: alternating rounds per leg")
     parser.add_argument("--bridge", choices=("auto", "thread", "trio-asyncio"), default="thread")
     parser.add_argument("--json", action="store_true", help="print one machine-readable line")
+    parser.add_argument(
+        "--instances",
+        default=None,
+        help="nats: comma-separated group sizes (e.g. 1,2,3): e2e and paced figures of a group of that many "
+        "instances on a 6-partition topic, after today's single-instance layout",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with broker_url(args.backend, args.url) as url:

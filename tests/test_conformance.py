@@ -63,13 +63,7 @@ def _nats_case(url: str, bridge: str, **kw: Any) -> BackendCase:
 
     config = NatsConfig(servers=url, bridge=bridge, **kw)  # type: ignore[arg-type]
     features = config.create_backend().features
-    reasons = {
-        "partitioned_groups": "not built yet (issue 10): a durable pull consumer hands messages to whichever "
-        "instance of the group asks, so per-key order holds in one instance only"
-    }
-    return BackendCase(
-        f"nats-{bridge}", lambda: config, features, timeout=60, context=_loop_for(bridge), reasons=reasons
-    )
+    return BackendCase(f"nats-{bridge}", lambda: config, features, timeout=60, context=_loop_for(bridge))
 
 
 @pytest.mark.nats

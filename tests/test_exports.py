@@ -55,6 +55,7 @@ EXPECTED = {
     "Middleware",
     "NatsConfig",
     "NonRetryableError",
+    "NatsGroupStatistics",
     "NatsStatistics",
     "NatsSubscriptionStatistics",
     "PublishError",

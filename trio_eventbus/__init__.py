@@ -61,7 +61,7 @@ from .backends.kafka.config import KafkaConfig
 from .backends.kafka.stats import KafkaGroupStatistics, KafkaStatistics
 from .backends.memory import MemoryBroker, MemoryConfig, MemoryStatistics, MemorySubscriptionStatistics
 from .backends.nats.config import NatsConfig
-from .backends.nats.stats import NatsStatistics, NatsSubscriptionStatistics
+from .backends.nats.stats import NatsGroupStatistics, NatsStatistics, NatsSubscriptionStatistics
 
 __all__ = [
     "AlreadySubscribedError",
@@ -93,6 +93,7 @@ __all__ = [
     "MessageTooLargeError",
     "Middleware",
     "NatsConfig",
+    "NatsGroupStatistics",
     "NatsStatistics",
     "NatsSubscriptionStatistics",
     "NonRetryableError",

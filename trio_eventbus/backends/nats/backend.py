@@ -12,16 +12,17 @@ Server version
 
 Names
     ======================  =======================================================================
-    subject                 the topic itself (``orders.created``): topics are literal NATS subjects
+    subject                 the topic itself (``orders.created``): topics are literal NATS subjects;
+                            partitioned topics add ``<p>.orders.created`` per partition (:mod:`.partitions`)
     stream (persistent)     ``NatsConfig.stream_prefix`` + topic with ``.`` → ``_``
-                            (``TEB_orders_created``), capturing exactly the one subject ``topic``
+                            (``TEB_orders_created``), capturing exactly the topic's subjects
     dead letters            topic ``orders.created.dlq`` → subject ``orders.created.dlq`` →
                             its own stream ``TEB_orders_created_dlq``
-    durable consumer        the group name, inside the topic's stream
+    durable consumer        the group name, inside the topic's stream (``<group>~p<n>`` per partition)
     ephemeral topics        core NATS subject ``topic``, queue group = group name, no stream
     ======================  =======================================================================
 
-    Streams capture one literal subject each, so two streams of the bus never overlap. Two topics that
+    Streams capture literal subjects only, so two streams of the bus never overlap. Two topics that
     differ only by ``.`` versus ``_`` (``a.b`` and ``a_b``) would share a stream name: the second one is
     refused with :class:`InvalidTopicError`, as is a topic whose subject another stream (not made by the
     bus) already captures, or whose stream name would be too long.
@@ -30,7 +31,9 @@ Topics (:mod:`.streams`)
     ``TopicOptions`` become the stream config: limits retention (``max_age``, ``max_bytes``,
     ``max_messages``, discard old; unset limits fall back to ``NatsConfig.stream_max_*``), ``replicas``,
     ``duplicate_window`` (JetStream cannot turn dedupe off: ``0`` becomes 1 ms). An existing stream is
-    updated when those differ. ``partitions`` has no NATS meaning and is ignored.
+    updated when those differ. ``partitions = P > 1`` gives the topic ``P`` partition subjects; a keyed
+    message is published on its key's (``partition_of``, the Go services' function), a keyless one on the
+    topic itself (:mod:`.partitions`).
 
 Publishing (:mod:`.publish`)
     JetStream async publish (reply inbox per bus, at most ``max_pending_publishes`` PubAcks awaited), one
@@ -40,11 +43,16 @@ Publishing (:mod:`.publish`)
     :class:`MessageTooLargeError` (a ``PublishError``) before it is written (the server would close the
     connection); the rest of its batch goes through.
 
-Consuming (:mod:`.consume`)
-    A durable pull consumer per (topic, group) (explicit acks, ``ack_wait``, ``max_ack_pending``,
-    ``max_deliver``), one fetcher per subscription; ``Delivery.attempt`` = JetStream's delivery count;
-    ``NAK`` carries the retry delay; acks travel in batches (:mod:`.settle`). Pull requests are bounded by
-    count and by bytes (``fetch_max_bytes``). Deliveries held by the bus (in a lane or a handler) get
+Consuming (:mod:`.consume`, :mod:`.consumers`, :mod:`.pinned`, :mod:`.groups`)
+    Every durable consumer is a ``pinned_client`` priority-group consumer: the server serves one instance of
+    the group at a time (a second instance stands by and takes over when the first leaves or dies). A
+    partitioned topic has one consumer per partition plus one for its base subject, shared among the group's
+    live members by heartbeats and a balanced assignment, handed over after the held messages are acked;
+    a dead member's share moves on after ``max(group_session_timeout, pinned_ttl)``, its unacked deliveries
+    first and in order (consumer reset); :mod:`.consumers` creates them (explicit acks, ``ack_wait``,
+    ``max_ack_pending``, ``max_deliver``). One fetcher per subscription; ``Delivery.attempt`` = JetStream's
+    delivery count; ``NAK`` carries the retry delay; acks travel in batches (:mod:`.settle`). Pull requests
+    are bounded by count and by bytes (``fetch_max_bytes``). Deliveries held by the bus (in a lane or a handler) get
     progress acks every ``ack_wait / 3`` s, and a redelivery of a held message is dropped (recognised by
     stream sequence). A disconnect is logged with the client's last error and the knob to change if the
     server dropped us as a slow consumer.
@@ -84,7 +92,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -95,7 +102,6 @@ import trio
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 from nats.js import api
-from nats.js.errors import APIError, NotFoundError
 
 from ..._abc import BackendFeatures, Delivery, DeliverySink, Disposition, Outcome, OutgoingMessage, exit_scope
 from ..._exceptions import (
@@ -106,12 +112,16 @@ from ..._exceptions import (
 from ..._options import TopicOptions
 from .._bridge.bridge import Bridge, BridgeError, open_bridge
 from .config import NatsConfig, _mask_url
-from .consume import CoreListener, Puller, Subscription
+from .consume import CoreListener, Source, Subscription
+from .consumers import pinned_source
+from .groups import PullerGroup
+from .partitions import stream_subjects, subject_for
+from .pinned import PinnedPuller
 from .publish import Publisher, WireItem
 from .settle import Settler
 from .stats import NatsStatistics
 from .streams import ensure_stream, stream_config
-from .wire import NATS_ERRORS, durable_name, server_version_error, stream_name, wire_message
+from .wire import NATS_ERRORS, server_version_error, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
 
@@ -124,7 +134,6 @@ _FEATURES = BackendFeatures(
     redelivers=True,
     dedupes=True,
     ephemeral_topics=True,
-    partitioned_groups=False,  # a pull consumer hands messages to whichever instance asks (issue 10, open)
 )
 _JANITOR_TICK = 0.1
 _MESSAGE_OVERHEAD = 4096  # a delivery's subject, ack subject and framing beyond max_payload (pull max_bytes)
@@ -132,10 +141,15 @@ _CLOSE_PUBACK_WAIT = 5.0
 
 
 class _Topic:
-    __slots__ = ("config", "name", "persistent", "stream")
+    __slots__ = ("config", "name", "partitions", "persistent", "stream", "subjects")
 
-    def __init__(self, name: str, persistent: bool, stream: str | None, config: api.StreamConfig | None) -> None:
+    def __init__(
+        self, name: str, persistent: bool, stream: str | None, config: api.StreamConfig | None, partitions: int = 1
+    ) -> None:
         self.name, self.persistent, self.stream, self.config = name, persistent, stream, config
+        self.partitions = partitions
+        # the publisher's subjects (base, then one per partition) of a partitioned topic, else None
+        self.subjects = stream_subjects(name, partitions) if persistent and partitions > 1 else None
 
 
 class NatsBackend:
@@ -155,9 +169,10 @@ class NatsBackend:
         self._tasks: trio.Nursery | None = None
         self._topics: dict[str, _Topic] = {}
         self._subs: list[Subscription] = []
-        self._pullers: set[Puller] = set()  # loop thread only
+        self._pullers: set[Source] = set()  # loop thread only
         self._closing = False
         self._consuming_stopped = False
+        self._unrouted: list[Delivery] = []  # drained from the pipes when consuming stopped; nak'ed at the exit
         self._forwarder = trio.CancelScope()
         self._lost: BackendUnavailable | None = None
         # connection figures, written by nats-py callbacks on the loop thread
@@ -226,7 +241,12 @@ class NatsBackend:
             await self.stop_consuming()
             for sub in self._subs:
                 self._settler.nak_held(sub)
+            # the un-routed deliveries are the newest of their consumers: nak'ed after the held ones (the
+            # server redelivers nak'ed messages in the order of the naks: each key stays in order)
+            self._settler.nak_all(self._unrouted)
+            self._unrouted.clear()
             await self._settler.flush()
+            await bridge.run(self._aio_unpin, max(0.0, (deadline - trio.current_time()) / 4))
             budget = max(0.0, (deadline - trio.current_time()) / 2)
             await bridge.run(self._aio_finish_publishing, budget)  # closes the outcome pipe
             self._forwarder.cancel()  # the ack handler holds no batch when cancelled (Publisher.forward)
@@ -236,7 +256,8 @@ class NatsBackend:
             logger.warning("closing the NATS backend: %r", exc)
 
     async def stop_consuming(self) -> None:
-        """Stop every fetcher; un-routed deliveries are nak'ed. The sinks are not called after this."""
+        """Stop every fetcher; un-routed deliveries are nak'ed at the exit, after the deliveries the lanes
+        still hold. The sinks are not called after this."""
         if self._consuming_stopped:
             return
         self._consuming_stopped = True
@@ -253,7 +274,7 @@ class NatsBackend:
             logger.warning("stopping the NATS subscriptions failed: %r", exc)
             return
         for sub in subs:
-            self._settler.nak_all(await sub.drain())
+            self._unrouted += await sub.drain()
 
     def _connect_error(self, exc: BaseException) -> BackendUnavailable:
         servers = ", ".join(_mask_url(u) for u in self._config.servers)
@@ -282,7 +303,7 @@ class NatsBackend:
         config = stream_config(self._config, topic, name, options)
         with map_exceptions(NATS_ERRORS, f"cannot create stream {name!r} for topic {topic!r}"):
             await self._bridge.run(ensure_stream, self._js, config)
-        self._topics[topic] = _Topic(topic, True, name, config)
+        self._topics[topic] = _Topic(topic, True, name, config, options.partitions)
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -294,7 +315,12 @@ class NatsBackend:
         for m in batch:
             info = topics.get(m.topic)
             body, headers = wire_message(m.topic, m.body, m.headers, m.key, m.message_id, compress)
-            items.append((m.seq, m.topic, body, headers, info is None or info.persistent))
+            if info is None:
+                items.append((m.seq, m.topic, body, headers, True))
+            elif info.subjects is None:
+                items.append((m.seq, m.topic, body, headers, info.persistent))
+            else:  # a partitioned topic: the key's partition subject (see .partitions)
+                items.append((m.seq, subject_for(m.topic, info.subjects, m.key), body, headers, True))
         assert self._publisher is not None
         self._publisher.send(items)
         await trio.lowlevel.checkpoint()
@@ -313,26 +339,15 @@ class NatsBackend:
         cfg = self._config
         capacity = 1_000_000 if info.persistent else 10 * cfg.fetch_batch
         sub = Subscription(topic, group, sink, self._bridge, capacity, persistent=info.persistent)
-        source: Puller | CoreListener
+        source: Source
         with map_exceptions(NATS_ERRORS, f"cannot subscribe to {topic!r} in group {group!r}"):
             if info.persistent:
                 assert info.stream is not None
                 assert info.config is not None
-                durable = durable_name(group)
-                recover = functools.partial(self._aio_ensure_consumer, info, self._consumer_config(topic, durable))
                 max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
-                source = Puller(
-                    self._nc,
-                    sub,
-                    info.stream,
-                    durable,
-                    cfg.fetch_batch,
-                    cfg.fetch_max_wait,
-                    recover,
-                    max_bytes=max_bytes,
-                    ack_wait=cfg.ack_wait,
-                )
-                await self._bridge.run(self._aio_subscribe, recover, source)
+                args = (cfg, self._nc, self._js, sub, info.stream, info.config, info.partitions, max_bytes)
+                source = await self._bridge.run(pinned_source, *args)
+                await self._bridge.run(self._aio_subscribe, source)
             else:
                 source = CoreListener(self._nc, sub, cfg.request_timeout)
                 await self._bridge.run(source.start)
@@ -344,44 +359,9 @@ class NatsBackend:
         self._subs.append(sub)
         self._tasks.start_soon(sub.fetch, cfg.fetch_batch, name=f"teb-nats-fetch-{topic}-{group}")
 
-    def _consumer_config(self, topic: str, durable: str) -> api.ConsumerConfig:
-        cfg = self._config
-        return api.ConsumerConfig(
-            name=durable,
-            durable_name=durable,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=cfg.ack_wait,
-            max_deliver=-1 if cfg.max_deliver is None else cfg.max_deliver,
-            max_ack_pending=cfg.max_ack_pending,
-            filter_subject=topic,
-        )
-
-    async def _aio_subscribe(self, recover: functools.partial[Any], source: Puller) -> None:
-        await recover()
+    async def _aio_subscribe(self, source: Source) -> None:
         await source.start()
         self._pullers.add(source)
-
-    async def _aio_ensure_consumer(self, info: _Topic, config: api.ConsumerConfig) -> None:
-        js = self._js
-        assert info.stream is not None
-        assert info.config is not None
-        try:
-            await js.add_consumer(info.stream, config)
-        except NotFoundError:  # the stream is gone (memory storage after a restart, deleted by hand)
-            await ensure_stream(js, info.config)
-            await js.add_consumer(info.stream, config)
-        except APIError as exc:
-            try:
-                await js.consumer_info(info.stream, config.durable_name)
-            except NotFoundError:
-                raise exc from None
-            logger.warning(
-                "consumer %r of stream %r exists with another config (%s); using it as it is",
-                config.durable_name,
-                info.stream,
-                exc.description,
-            )
 
     def settle(self, delivery: Delivery, disposition: Disposition, delay: float = 0.0) -> None:
         """Queue an ack / nak (after ``delay`` s) / term; they cross to the loop in batches. Never blocks."""
@@ -490,9 +470,19 @@ class NatsBackend:
             for source in list(self._pullers):
                 source.check(now)
 
-    async def _aio_stop_sources(self, sources: list[Puller | CoreListener]) -> None:
+    async def _aio_stop_sources(self, sources: list[Source]) -> None:
         await asyncio.gather(*(s.stop() for s in sources))
         self._pullers.difference_update(sources)
+
+    async def _aio_unpin(self, budget: float) -> None:
+        """At close, after the settlements went out: unpin what this bus holds, so the group's next member
+        is served at once instead of after ``pinned_ttl``."""
+        sources = [s.source for s in self._subs if isinstance(s.source, PinnedPuller | PullerGroup)]
+        if not sources or not self._nc.is_connected:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(budget, self._config.request_timeout)):
+                await asyncio.gather(*(s.unpin(confirm=False) for s in sources), return_exceptions=True)
 
     async def _aio_finish_publishing(self, budget: float) -> None:
         """Wait for outstanding PubAcks (bounded by ``budget`` too), fail the rest, close the outcome pipe."""

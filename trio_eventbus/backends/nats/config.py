@@ -137,6 +137,15 @@ class NatsConfig:
         JetStream redeliver a held message: this instance then drops the duplicate and logs a warning.
         ``max_ack_pending``: unacknowledged messages per consumer; ``max_deliver``: deliveries per message
         (``None`` = unlimited; the bus dead-letters after ``RetryPolicy.max_attempts`` anyway).
+    Groups (see :mod:`trio_eventbus.backends.nats.groups`)
+        Every consumer pins one member of its group at a time (JetStream priority groups, ``pinned_client``).
+        ``pinned_ttl`` (default 5 s): the server unpins a member that sent no pull request for this long, so a
+        dead member's partitions move on after it; a live member renews its pin at least every
+        ``pinned_ttl / 3`` s even while it pulls nothing (backpressure). Partitioned topics
+        (``TopicOptions.partitions > 1``) share their partitions among the group's live members: each member
+        announces itself every ``group_heartbeat`` s (default 1 s) and counts as gone after
+        ``group_session_timeout`` s (default 5 s) without one. A dead member's partitions are handled again
+        after at most ``max(group_session_timeout, pinned_ttl)`` plus a pull request's ``fetch_max_wait``.
     Streams
         ``stream_prefix`` starts every stream name; ``stream_storage`` is ``"file"`` or ``"memory"``;
         ``stream_max_bytes``/``stream_max_messages``/``stream_max_age`` apply where the topic's
@@ -175,6 +184,9 @@ class NatsConfig:
     ack_wait: float = attrs.field(default=30.0, validator=_positive_number)
     max_ack_pending: int = attrs.field(default=10_000, validator=_positive_int)
     max_deliver: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    pinned_ttl: float = attrs.field(default=5.0, validator=_positive_number)
+    group_heartbeat: float = attrs.field(default=1.0, validator=_positive_number)
+    group_session_timeout: float = attrs.field(default=5.0, validator=_positive_number)
     stream_prefix: str = attrs.field(default="TEB_", validator=v.matches(_PREFIX, "0-32 characters of A-Z a-z 0-9 _ -"))
     stream_storage: Literal["file", "memory"] = attrs.field(default="file", validator=v.one_of("file", "memory"))
     stream_max_bytes: int | None = attrs.field(default=None, validator=_optional_positive_int)
@@ -196,6 +208,17 @@ class NatsConfig:
             raise InvalidOptionError("use one of user/password, token or creds_file")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise InvalidOptionError("tls_cert_file and tls_key_file go together")
+        if self.group_session_timeout <= 2 * self.group_heartbeat:
+            raise InvalidOptionError(
+                "group_session_timeout must be more than twice group_heartbeat (a lost heartbeat must not end a "
+                "member)",
+                field="group_session_timeout",
+            )
+        if self.pinned_ttl <= self.fetch_max_wait:
+            raise InvalidOptionError(
+                "pinned_ttl must be longer than fetch_max_wait (a pinned member renews its pin with each pull request)",
+                field="pinned_ttl",
+            )
         if self.compression == "lz4" and importlib.util.find_spec("lz4") is None:
             raise InvalidOptionError(
                 "compression='lz4' needs the lz4 package: pip install 'trio_eventbus[lz4]'", field="compression"

@@ -33,8 +33,10 @@ Ordering: one inbox, one fetcher: a subscriber sees the stream's order (a nak'ed
 after the others). Backpressure: a full lane blocks the fetcher in ``deliver``, so no credits return and no
 new requests go out (held messages keep getting progress acks meanwhile). Reconnects: outstanding requests
 are forgotten and re-issued after the consumer was re-created if it is gone; see :class:`Puller` for requests
-the server drops without an answer. Stopping: a stopping puller sends no more requests, naks what still
-arrives until its requests are answered (at most ``fetch_max_wait + 0.5 s``), then unsubscribes.
+the server drops without an answer. Stopping: a stopping puller sends no more requests, puts what still
+arrives until its requests are answered (at most ``fetch_max_wait + 0.5 s``) into the pipe after the rest (the
+fetcher is stopped: the backend naks the pipe's contents in arrival order, after the naks of the lanes, so a
+consumer's redeliveries keep each key's order), then unsubscribes.
 
 Ephemeral topics (:class:`CoreListener`): a core NATS queue subscription (queue group = the bus group) feeding
 the same kind of pipe; a full pipe drops (and counts) messages, like a NATS slow consumer. Core messages have
@@ -42,19 +44,10 @@ no broker acks; a ``NAK`` re-delivers the message locally after the delay with `
 
 Settlements travel through :class:`~.settle.Settler` (acks, naks, terms, in batches).
 
-Where partitioned consumer groups slot in (next step; needs nats-server 2.11+, the bus's minimum): the NATS
-design (ADR "(Partitioned) Consumer Groups for JetStream", the ``pcgroups`` libraries) gives every partition
-its own durable consumer with ``priority_policy: "pinned_client"`` and one priority group, and every member
-pulls on every partition's consumer; the server pins each consumer to one member. Here that is one
-:class:`Puller` per partition consumer, all feeding the one :class:`Subscription` (its sink, lanes and
-``out`` set: stream sequences are unique across the stream's consumers). The pieces: :meth:`Puller._request`
-adds ``"group"`` and, once pinned, ``"id"`` (the ``Nats-Pin-Id`` header of the first message received, read
-in ``_on_msg``); ``_on_status`` treats ``423 Nats-Wrong-Pin-Id`` as "this partition moved to another
-member": forget the pin and requests, stop pulling on it for a while, and let the held deliveries of that
-partition finish and be acked before pulling again (their progress acks continue meanwhile); the backend's
-``_consumer_config`` sets the priority policy, group and ``priority_timeout`` (the takeover time of a dead
-member); ``statistics()`` lists the pinned partitions. A single-instance subscription keeps one plain
-:class:`Puller` as today.
+Pinned consumers and groups: :class:`~.pinned.PinnedPuller` (a subclass: pin ids, the gate of a new pin,
+pin renewal, handover) and :class:`~.groups.PullerGroup` (several pullers feeding one subscription, sharing
+its pipe, credits and window) build on the hooks here: ``paused`` (no new requests, arrivals still routed),
+``_admit`` (a pinned puller's check of each arrival), ``_unpinned`` (a ``423``), per-puller ``out`` sets.
 """
 
 from __future__ import annotations
@@ -66,7 +59,7 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -74,9 +67,9 @@ import trio
 from ..._abc import Delivery, DeliverySink
 from .._bridge import BatchPipe, Bridge, BridgeError
 from .stats import NatsSubscriptionStatistics
-from .wire import NAK, PROGRESS, ack_info, to_delivery
+from .wire import PROGRESS, ack_info, to_delivery
 
-__all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Subscription"]
+__all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Source", "Subscription", "Window"]
 
 logger = logging.getLogger("trio_eventbus.nats")
 _REQUEST_GRACE = 0.5  # seconds past a pull request's expiry after which it is forgotten
@@ -89,15 +82,34 @@ _PENDING = "Nats-Pending-Messages"
 _tiebreak = itertools.count()
 
 
+class Source(Protocol):
+    """What feeds a subscription's pipe (asyncio side): a puller, a group of pullers or a core listener."""
+
+    @property
+    def received(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    def credit(self, n: int) -> None: ...
+
+    def check(self, now: float) -> None: ...
+
+    def reset(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class JsToken:
-    """Settlement handle of a JetStream delivery: its ack subject, stream sequence and subscription."""
+    """Settlement handle of a JetStream delivery: its ack subject, stream sequence, subscription and the held
+    set of the puller that received it (loop thread; see :attr:`Subscription.out`)."""
 
-    __slots__ = ("reply", "seq", "sub")
+    __slots__ = ("out", "reply", "seq", "sub")
 
-    def __init__(self, reply: str, seq: int, sub: Subscription) -> None:
+    def __init__(self, reply: str, seq: int, sub: Subscription, out: dict[int, JsToken]) -> None:
         self.reply = reply
         self.seq = seq  # stream sequence (0: unknown)
         self.sub = sub
+        self.out = out
 
 
 class CoreToken:
@@ -120,7 +132,7 @@ class Subscription:
         self.sink = sink
         self.persistent = persistent
         self.pipe: BatchPipe[Delivery] = BatchPipe(bridge, capacity)
-        self.source: Puller | CoreListener | None = None
+        self.source: Source | None = None
         self.held: set[JsToken] = set()  # handed to the bus, not settled yet (Trio thread)
         # loop thread only: stream seq -> token of every delivery put into the pipe and not settled yet (its
         # settlement not sent yet): what gets progress acks, and what a redelivery is recognised by
@@ -178,7 +190,8 @@ class Subscription:
     def statistics(self) -> NatsSubscriptionStatistics:
         """Live figures of this subscription and its fetcher."""
         source = self.source
-        puller = source if isinstance(source, Puller) else None
+        puller: Any = None if source is None or isinstance(source, CoreListener) else source
+        ownership = getattr(source, "ownership", None)
         return NatsSubscriptionStatistics(
             topic=self.topic,
             group=self.group,
@@ -192,6 +205,7 @@ class Subscription:
             dropped=source.dropped if isinstance(source, CoreListener) else 0,
             redelivered_held=0 if puller is None else puller.redelivered_held,
             progress_acks=0 if puller is None else puller.progress_acks,
+            ownership=None if ownership is None else ownership(),
         )
 
     def requeue(self, delivery: Delivery, delay: float) -> None:
@@ -210,6 +224,15 @@ class Subscription:
                 out += await self.pipe.receive_batch(1_000_000)
             except trio.EndOfChannel:
                 return out
+
+
+class Window:
+    """Messages received and not yet taken by the bus, shared by the pullers feeding one pipe (loop thread)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = 0
 
 
 class _Request:
@@ -246,11 +269,14 @@ class Puller:
         *,
         max_bytes: int,
         ack_wait: float,
+        window: Window | None = None,
+        owns_pipe: bool = True,
     ) -> None:
         self._nc = nc
         self._sub = sub
         self._topic = sub.topic
         self._pipe = sub.pipe
+        self.stream, self.durable = stream, durable
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._batch = batch
         self._window = 2 * batch
@@ -263,7 +289,13 @@ class Puller:
         self._progress_every = ack_wait / 3  # +WPI for every held delivery this often (see keep_alive)
         self._progress_due = 0.0
         self._progressing = False
-        self._out = sub.out
+        # a puller of a group keeps its own held set (what it must see settled before handing over)
+        self._out: dict[int, JsToken] = sub.out if window is None else {}
+        self.window = Window() if window is None else window  # shared by the pullers of one pipe
+        self._owns_pipe = owns_pipe
+        self.paused = False  # no new pull requests; arrivals are still routed (a pinned puller's gate, handover)
+        self.pinned = False  # a pinned puller: every arrival passes _admit
+        self.last_request = 0.0
         self._settled = sub.settled
         self._recover = recover
         self._inbox = ""
@@ -271,7 +303,6 @@ class Puller:
         self._requests: dict[str, _Request] = {}  # reply subject -> live request, oldest first
         self._request_ids = itertools.count()
         self.outstanding = 0  # sum of the live requests' remaining
-        self.held = 0  # in the pipe or in the fetcher, not credited back yet
         self.stopping = False
         self._quiet: asyncio.Event | None = None
         self._pulling = self._recovering = False
@@ -302,23 +333,30 @@ class Puller:
                 request.remaining -= 1
                 self.outstanding -= 1
                 break
+        if self.pinned and not self._admit(msg, reply):
+            return
+        await self._deliver(msg, reply)
+        if self.outstanding == 0:
+            self._schedule_pull()
+
+    def _admit(self, msg: Any, reply: str) -> bool:
+        """A pinned puller's check of an arrival (``False``: it keeps the message for now)."""
+        return True
+
+    async def _deliver(self, msg: Any, reply: str) -> None:
+        """Route one received message into the pipe (or drop / settle a redelivery of one held here)."""
         attempt, seq = ack_info(reply)
         if seq in self._out:  # redelivered while still held here: the held one is acked/kept alive instead
             self._redelivered(seq)
         elif seq in self._settled:  # redelivered while its ack was on the way: settle the copy the same way
             self._redelivered(seq)
             await self._nc.publish(reply, self._settled[seq])
-        elif self.stopping:
-            await self._nc.publish(reply, NAK)
-            return
         else:
-            self.held += 1
-            token = JsToken(reply, seq, self._sub)
+            self.window.held += 1
+            token = JsToken(reply, seq, self._sub, self._out)
             if seq:
                 self._out[seq] = token
             self._pipe.put_nowait(to_delivery(self._topic, msg.data, msg.headers, attempt, token))
-        if self.outstanding == 0:
-            self._schedule_pull()
 
     def _redelivered(self, seq: int) -> None:
         self.redelivered_held += 1
@@ -349,11 +387,16 @@ class Puller:
         self._end(subject, request, unfilled)
         if status == "409" and headers.get("Description") in _NORMAL_409:
             pass
+        elif status == "423":  # Nats-Wrong-Pin-Id: the pin moved on (a pinned puller)
+            self._unpinned()
         elif status not in ("404", "408"):
             logger.info("pull request of %r ended with status %s %s", self._topic, status, headers)
             if status in ("409", "503"):
                 self._start_recover()
         self._schedule_pull()
+
+    def _unpinned(self) -> None:
+        """The server says this puller's pin is no longer valid (a pinned puller forgets it)."""
 
     def _end(self, subject: str, request: _Request, unfilled: int) -> None:
         """Forget a request that the server says still owed ``unfilled`` messages."""
@@ -371,7 +414,7 @@ class Puller:
 
     def credit(self, n: int) -> None:
         """The bus took ``n`` messages out of the pipe (loop thread, via ``call_soon``)."""
-        self.held -= n
+        self.window.held -= n
         self._schedule_pull()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -385,7 +428,7 @@ class Puller:
         A request is sent whenever none would still be waiting ``_renew`` s from now and the window has room,
         so no message waits on the server for a request to be renewed (latency).
         """
-        free = self._window - self.outstanding - self.held
+        free = self._window - self.outstanding - self.window.held
         if free <= 0:
             return 0
         waiting = any(r.remaining > 0 and r.expires_at - now > self._renew for r in self._requests.values())
@@ -394,7 +437,7 @@ class Puller:
         return min(self._batch, free) if free >= self._threshold else 0
 
     def _schedule_pull(self) -> None:
-        if self._pulling or self.stopping or self._recovering:
+        if self._pulling or self.stopping or self._recovering or self.paused:
             return
         if self._wanted(asyncio.get_running_loop().time()) > 0:
             self._pulling = True
@@ -403,7 +446,7 @@ class Puller:
     async def _pull(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while not self.stopping and not self._recovering and self._nc.is_connected:
+            while not self.stopping and not self._recovering and not self.paused and self._nc.is_connected:
                 now = loop.time()
                 n = self._wanted(now)
                 if n <= 0:
@@ -412,6 +455,7 @@ class Puller:
                 self._requests[reply] = _Request(now + self._max_wait, n)
                 self.outstanding += n
                 self.requests_sent += 1
+                self.last_request = now
                 loop.call_later(self._max_wait - self._renew, self._schedule_pull)
                 await self._nc.publish(self._api, self._request(n), reply=reply)
         except Exception as exc:  # the connection went away: the janitor or the reconnect re-pulls
@@ -513,7 +557,8 @@ class Puller:
                 except Exception as exc:
                     logger.debug("unsubscribing the inbox of %r failed: %r", self._topic, exc)
         finally:
-            self._pipe.close()
+            if self._owns_pipe:
+                self._pipe.close()
 
 
 class CoreListener:

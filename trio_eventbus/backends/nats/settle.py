@@ -94,8 +94,9 @@ class Settler:
         self._queue(out)
 
     def nak_held(self, sub: Subscription) -> None:
-        """Nak every delivery of ``sub`` handed to the bus and never settled."""
-        out = [(token, NAK) for token in sub.held]
+        """Nak every delivery of ``sub`` handed to the bus and never settled, in stream order: the server
+        redelivers nak'ed messages in the order of the naks, so each key stays in order."""
+        out = [(token, NAK) for token in sorted(sub.held, key=_seq)]
         sub.held.clear()
         self.naks += len(out)
         self._queue(out)
@@ -109,16 +110,19 @@ class Settler:
         self.failed += await _send(self._nc, batch)
 
 
+def _seq(token: JsToken) -> int:
+    return token.seq
+
+
 async def _send(nc: Any, batch: list[tuple[JsToken, bytes]]) -> int:
     publish = nc.publish
     failed = 0
     for token, payload in batch:
-        sub = token.sub
-        out = sub.out  # settled: no more progress acks
+        out = token.out  # settled: no more progress acks
         if out.get(token.seq) is token:
             del out[token.seq]
             if payload is ACK or payload is TERM:  # final: remember it briefly (a crossing redelivery)
-                settled = sub.settled
+                settled = token.sub.settled
                 settled[token.seq] = payload
                 if len(settled) > _REMEMBERED:
                     settled.popitem(last=False)

@@ -6,7 +6,34 @@ import attrs
 
 from ..._statistics import BackendStatistics
 
-__all__ = ["NatsStatistics", "NatsSubscriptionStatistics"]
+__all__ = ["NatsGroupStatistics", "NatsStatistics", "NatsSubscriptionStatistics"]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class NatsGroupStatistics:
+    """This instance's share of a group's consumers (pinned consumers; see :mod:`~.groups`).
+
+    Slots are named ``"base"`` (the topic's own subject) and ``"p<n>"`` (partition ``n``).
+    """
+
+    #: This member's id in the group (``""`` for a topic without partitions: no membership there).
+    member: str
+    #: Live members of the group this instance knows of, itself included (1 without partitions).
+    members: int
+    #: Slots this instance is assigned and pulls (or, without partitions, stands by for), sorted.
+    owned: tuple[str, ...]
+    #: Slots whose consumer has pinned this instance (it receives their messages), sorted.
+    pinned: tuple[str, ...]
+    #: Slots being handed over: no new pulls, waiting for the held messages to be settled before unpinning.
+    releasing: tuple[str, ...]
+    #: Slots handed over to another member after a rebalance (held messages settled, then unpinned).
+    handovers: int
+    #: Pins gained (a consumer started delivering to this instance).
+    pins: int
+    #: Pins lost without a handover (``423``: the server pinned another member).
+    pin_losses: int
+    #: Consumer resets to the ack floor on gaining a pin that a previous member left with unacked messages.
+    resets: int
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -37,6 +64,8 @@ class NatsSubscriptionStatistics:
     redelivered_held: int
     #: Progress acks (``+WPI``) sent for held deliveries (every ``ack_wait / 3`` s).
     progress_acks: int
+    #: The group share of a persistent subscription (``None`` for core NATS subscriptions).
+    ownership: NatsGroupStatistics | None = None
 
 
 @attrs.frozen(slots=True, kw_only=True)

@@ -1,11 +1,17 @@
 """Streams of the NATS backend: a topic's stream config from its ``TopicOptions``, created or updated.
 
-Names and the mapping from ``TopicOptions`` are described in :mod:`trio_eventbus.backends.nats.backend`.
+Names and the mapping from ``TopicOptions`` are described in :mod:`trio_eventbus.backends.nats.backend`; a
+partitioned topic's stream captures its base subject and one subject per partition (:mod:`.partitions`).
 Everything here runs on the asyncio loop (``ensure_stream``) or is pure (``stream_config``).
+
+Changing ``TopicOptions.partitions`` of an existing topic updates the stream's subjects (a WARNING says so):
+keys then move to other partitions, and per-key order holds again only once the messages published before the
+change are consumed (as when partitions are added to a Kafka topic).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from nats.js import api
@@ -14,9 +20,12 @@ from nats.js.errors import APIError, NotFoundError
 from ..._exceptions import InvalidOptionError, InvalidTopicError
 from ..._options import TopicOptions
 from .config import NatsConfig
+from .partitions import stream_subjects
 from .wire import api_error_code
 
 __all__ = ["ensure_stream", "stream_config"]
+
+logger = logging.getLogger("trio_eventbus.nats")
 
 _ERR_OVERLAP = 10065  # subjects overlap with an existing stream
 _ERR_NAME_IN_USE = 10058  # stream name already in use with a different configuration
@@ -34,7 +43,7 @@ def stream_config(cfg: NatsConfig, topic: str, name: str, o: TopicOptions) -> ap
     max_bytes = o.max_bytes if o.max_bytes is not None else cfg.stream_max_bytes
     return api.StreamConfig(
         name=name,
-        subjects=[topic],
+        subjects=stream_subjects(topic, o.partitions),
         retention=api.RetentionPolicy.LIMITS,
         storage=api.StorageType.FILE if cfg.stream_storage == "file" else api.StorageType.MEMORY,
         discard=api.DiscardPolicy.OLD,
@@ -59,7 +68,8 @@ async def ensure_stream(js: Any, config: api.StreamConfig) -> None:
             code = api_error_code(exc)
             if code == _ERR_OVERLAP:
                 raise InvalidTopicError(
-                    f"topic {topic!r}: another stream already captures subject {topic!r} ({exc.description})"
+                    f"topic {topic!r}: another stream already captures one of its subjects {config.subjects} "
+                    f"({exc.description}; a partitioned topic also captures '<partition>.{topic}')"
                 ) from exc
             if code == _ERR_REPLICAS:
                 raise InvalidOptionError(f"topic {topic!r}: {exc.description}") from exc
@@ -67,14 +77,25 @@ async def ensure_stream(js: Any, config: api.StreamConfig) -> None:
                 raise
             info = await js.stream_info(config.name)  # created concurrently by another bus
     existing = info.config
-    if list(existing.subjects or ()) != [topic]:
+    have = list(existing.subjects or ())
+    if not have or have[0] != topic or have[1:] != stream_subjects(topic, len(have) - 1)[1:]:
         raise InvalidTopicError(
             f"topic {topic!r} maps to stream {config.name!r}, which already exists for subjects "
             f"{existing.subjects} (topics differing only by '.' and '_' share a stream name)"
         )
-    if _differs(existing, config):
+    resubject = have != list(config.subjects or ())
+    if resubject:
+        logger.warning(
+            "topic %r: its stream %r has %d partition subjects, the topic's options ask for %d: updating it; keys "
+            "move to other partitions, so per-key order holds again once the older messages are consumed",
+            topic,
+            config.name,
+            max(0, len(have) - 1),
+            max(0, len(config.subjects or ()) - 1),
+        )
+    if resubject or _differs(existing, config):
         update = api.StreamConfig.from_response(existing.as_dict())
-        for field in ("max_msgs", "max_bytes", "max_age", "num_replicas", "duplicate_window"):
+        for field in ("subjects", "max_msgs", "max_bytes", "max_age", "num_replicas", "duplicate_window"):
             setattr(update, field, getattr(config, field))
         try:
             await js.update_stream(update)

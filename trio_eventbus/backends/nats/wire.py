@@ -36,6 +36,7 @@ __all__ = [
     "H_ENCODING",
     "H_KEY",
     "H_MSG_ID",
+    "H_PIN",
     "MIN_SERVER_VERSION",
     "NAK",
     "NATS_ERRORS",
@@ -57,6 +58,7 @@ logger = logging.getLogger("trio_eventbus.nats")
 H_MSG_ID = "Nats-Msg-Id"
 H_KEY = "X-Message-Key"
 H_ENCODING = "X-Content-Encoding"
+H_PIN = "Nats-Pin-Id"  # set by the server on every message of a pinned_client consumer
 _LZ4 = "lz4"
 _INTERNAL = (H_MSG_ID, H_KEY, H_ENCODING)
 _MAX_STREAM_NAME = 255  # the stream name is a directory name in the server's store
@@ -156,6 +158,7 @@ def to_delivery(topic: str, body: bytes, headers: Mapping[str, str] | None, atte
     key = clean.pop(H_KEY, None)
     if key is None:  # a producer that does not set the bus's key header (see the module docstring)
         key = clean.get(H_AGGREGATE_ID)
+    clean.pop(H_PIN, None)
     encoding = clean.pop(H_ENCODING, None)
     if encoding is not None:
         try:
