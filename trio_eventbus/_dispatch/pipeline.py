@@ -70,34 +70,6 @@ def compose(
     )
     handled = settle.handled
     direct = not middleware and not context
-    park = dead_letter.park
-    if park is not None:
-        parked = park.keys
-        divert = dead_letter.divert
-
-        async def run_parking(delivery: Delivery) -> None:
-            key = delivery.key
-            if parked and key in parked:
-                await divert(delivery)
-                return
-            try:
-                value = decode(delivery)
-            except InvalidEnvelopeError as exc:
-                await undecodable(delivery, exc)
-                return
-            try:
-                if direct:
-                    await handler(value)
-                else:
-                    await attempt(delivery, value, delivery.attempt)
-            except Exception as exc:
-                error = exc  # handled outside the except block: retries' errors are not chained to it
-            else:
-                handled(delivery)
-                return
-            await failed(delivery, value, error)
-
-        return run_parking
 
     async def run(delivery: Delivery) -> None:
         try:
@@ -117,7 +89,20 @@ def compose(
             return
         await failed(delivery, value, error)
 
-    return run
+    park = dead_letter.park
+    if park is None:
+        return run
+    parked = park.keys
+    divert = dead_letter.divert
+
+    async def run_parking(delivery: Delivery) -> None:
+        # only subscriptions with DeadLetterPolicy(after="park") pay for this check (and the extra frame)
+        if parked and delivery.key in parked:
+            await divert(delivery)
+        else:
+            await run(delivery)
+
+    return run_parking
 
 
 @attrs.define(slots=True, eq=False)
