@@ -101,12 +101,13 @@ async def member(
     group: str,
     handler: Callable[[teb.Envelope], Awaitable[None]],
     leave: trio.Event,
+    partitions: int = 6,
     *,
     task_status: trio.TaskStatus[teb.EventBus] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """One instance of the group: a bus subscribed until ``leave`` is set, then closed gracefully."""
     async with teb.open_bus(cfg) as bus:
-        await bus.configure_topic(topic, teb.TopicOptions(partitions=6))
+        await bus.configure_topic(topic, teb.TopicOptions(partitions=partitions))
         await bus.subscribe_envelope(topic, handler, group=group)
         task_status.started(bus)
         await leave.wait()
@@ -298,8 +299,8 @@ async def test_standby_takes_over_a_single_partition_in_order(nats_url: str) -> 
     leave_a, leave_b = trio.Event(), trio.Event()
     with trio.fail_after(60):
         async with teb.open_bus(cfg) as pub, trio.open_nursery() as nursery:
-            a = await nursery.start(single_member, cfg, topic, group, handler_for(tally, "a", rng), leave_a)
-            b = await nursery.start(single_member, cfg, topic, group, handler_for(tally, "b", rng), leave_b)
+            a = await nursery.start(member, cfg, topic, group, handler_for(tally, "a", rng), leave_a, 1)
+            b = await nursery.start(member, cfg, topic, group, handler_for(tally, "b", rng), leave_b, 1)
             nursery.start_soon(publish_paced, pub, topic, 100, 50, 0.03)
             await tally.wait(2000)
             first, standby = (a, b) if tally.by_member["a"] else (b, a)
@@ -316,21 +317,6 @@ async def test_standby_takes_over_a_single_partition_in_order(nats_url: str) -> 
     assert tally.duplicates == 0
     assert figures.pinned == ("base",)
     assert figures.resets == 0
-
-
-async def single_member(
-    cfg: NatsConfig,
-    topic: str,
-    group: str,
-    handler: Callable[[teb.Envelope], Awaitable[None]],
-    leave: trio.Event,
-    *,
-    task_status: trio.TaskStatus[teb.EventBus] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    async with teb.open_bus(cfg) as bus:
-        await bus.subscribe_envelope(topic, handler, group=group)
-        task_status.started(bus)
-        await leave.wait()
 
 
 def test_group_timings_are_validated() -> None:

@@ -411,7 +411,8 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
     ) -> None:
         """Handle every message of ``topic`` with ``handler(Message)`` (an async function).
 
-        Ordering, retries and dead letters as described in :mod:`trio_eventbus._dispatch`. Within ``group``
+        Ordering, retries and dead letters as the README describes ("Ordering", "Retries and dead letters",
+        "Consumer groups and partitions"). Within ``group``
         (default ``BusOptions.service``; one of them is required, else :class:`InvalidOptionError`) each message
         goes to one subscriber; each group gets every message.
 
