@@ -7,7 +7,7 @@ from pathlib import Path
 
 from trio_eventbus._partition import fnv1a_32, partition_of
 
-DATA = Path(__file__).parent / "data" / "go-kafka-partitions.json"
+DATA = Path(__file__).parent / "data" / "go-interop" / "go-kafka-partitions.json"
 
 
 def test_partition_of_places_keys_where_the_go_producer_did() -> None:

@@ -4,7 +4,7 @@ A partitioned topic (``TopicOptions.partitions > 1``) places each key on partiti
 function of sarama's default hash partitioner (the Go services' Kafka producer): FNV-1a 32 over the key's UTF-8
 bytes, read as a signed 32-bit integer, ``%`` the partition count with Go's truncating division, negated when
 negative. Keeping the Go services' function means a key lands on the same partition whichever service published
-it, so per-key order holds across them (``../shared/interop/go-kafka-partitions.json`` is the reference).
+it, so per-key order holds across them (``tests/data/go-interop/go-kafka-partitions.json`` is the reference).
 
 The keyed lanes inside one bus hash the same way (``fnv1a_32(key) % lanes``, unsigned): stable across processes
 and languages, never Python's randomised ``hash``.
