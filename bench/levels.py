@@ -84,8 +84,8 @@ JXT_ENVELOPES = 20_000
 #: Go jxt-core on this machine, envelopes/s (min, max), as issue 15 states them.
 GO_JXT: dict[str, tuple[float, float]] = {"nats": (10_000.0, 10_200.0), "kafka": (18_900.0, 21_700.0)}
 GO_SOURCE = (
-    "Go jxt-core measured on this machine, as issue 15 states; not re-measured in this run: the Go library "
-    "cannot be fetched here (the module proxy refuses it)"
+    "measured on this machine, as issue 15 states; not re-measured in this run: the Go library cannot be fetched "
+    "here (the module proxy refuses it)"
 )
 
 Leg = Literal["raw", "envelope"]

@@ -141,11 +141,12 @@ def text(figures: Figures) -> str:
         go = jxt.get("go")
         if go:
             ratio = jxt["ratio_to_go"]
-            lines.append(
-                f"Go jxt-core: {_num(go['min'])}{_DASH}{_num(go['max'])} envelopes/s ({go['source']}); envelope leg "
-                f"median {_num(jxt['msgs_per_s']['envelope']['median'])}/s = {_ratio(ratio['median'])} of Go's "
-                f"midpoint (rounds {_ratio(ratio['min'])}{_DASH}{_ratio(ratio['max'])})"
-            )
+            lines += [
+                f"Go jxt-core: {_num(go['min'])}{_DASH}{_num(go['max'])} envelopes/s, {go['source']}",
+                f"envelope leg: median {_num(jxt['msgs_per_s']['envelope']['median'])}/s = {_ratio(ratio['median'])} "
+                f"of Go's midpoint; slowest round vs Go's best {_ratio(ratio['min'])}, fastest vs Go's worst "
+                f"{_ratio(ratio['max'])}",
+            ]
         else:
             lines.append(f"Go jxt-core: no figure for the {figures['backend']} backend")
     return "\n".join(lines)
