@@ -447,7 +447,8 @@ def _commit() -> str:
 
 
 def machine(backend: str, url: str | None, *, started: bool = False) -> dict[str, Any]:
-    """Date, machine and versions for a report (blocking: the broker's version is asked over the network)."""
+    """Date, machine, versions and the load average (other processes' share of the CPUs) for a report; blocking
+    (the broker's version is asked over the network)."""
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -459,6 +460,7 @@ def machine(backend: str, url: str | None, *, started: bool = False) -> dict[str
         "trio_eventbus": teb.__version__,
         "commit": _commit(),
         "broker": _broker_version(backend, url, started),
+        "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else _NAN,
     }
 
 

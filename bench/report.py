@@ -188,7 +188,8 @@ def _jxt_tables(results: Sequence[Figures]) -> list[str]:
         "## The Go original's workload",
         "",
         f"{rows[0]['jxt']['workload']}; each round runs the envelope, raw and plain-client legs one after the other, "
-        "so a round's ratios share the machine's state. Envelope legs per second (min / median / max of the rounds):",
+        "so a round's ratios share the machine's state. Messages per second and ratios: min / median / max over the "
+        "rounds.",
         "",
         "| backend | envelope leg | raw leg | plain client | envelope ÷ raw | envelope ÷ client | Go jxt-core "
         "(issue 15) | envelope ÷ Go |",
@@ -211,6 +212,23 @@ def _jxt_tables(results: Sequence[Figures]) -> list[str]:
             f"{(_num(go['min']) + _DASH + _num(go['max'])) if go else _DASH} | "
             f"{ratios(j['ratio_to_go']) if go else _DASH} |"
         )
+    lines += [
+        "",
+        "Per round:",
+        "",
+        "| backend | round | envelope leg | raw leg | plain client | envelope ÷ client | envelope ÷ Go "
+        "| order violations |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in rows:
+        for n, r in enumerate(f["jxt"]["rounds"], 1):
+            go = r.get("ratio_to_go")
+            legs = " | ".join(_num(r[leg].get("msgs_per_s")) for leg in ("envelope", "raw", "client"))
+            lines.append(
+                f"| {f['backend']} | {n} | {legs} | {_ratio(r.get('ratio_envelope_to_client'))} | "
+                f"{(_ratio(go[0]) + _DASH + _ratio(go[1])) if go else _DASH} | "
+                f"{r['envelope'].get('order_violations')} |"
+            )
     lines += [
         "",
         "Envelope ÷ Go: the slowest round against Go's best figure, the median against Go's midpoint, the fastest "
@@ -240,14 +258,14 @@ def markdown(results: Sequence[Figures], *, plots: bool) -> str:
         f"Machine: nproc {first.get('nproc', '?')} ({first.get('cpu', '?')}), {first.get('platform', '?')}, "
         f"{first.get('python', '?')}, trio {first.get('trio', '?')}, trio_eventbus {first.get('trio_eventbus', '?')}.",
         "",
-        "| backend | broker | bridge | date | publish form |",
-        "|---|---|---|---|---|",
+        "| backend | broker | bridge | date | load average (1 min) at the start | publish form |",
+        "|---|---|---|---|---:|---|",
     ]
     for f in results:
         m = f.get("machine", {})
         lines.append(
             f"| {f['backend']} | {m.get('broker', '?')} | {f.get('bridge') or _DASH} | {m.get('date', '?')} | "
-            f"{f.get('publish_form', '?')} |"
+            f"{_num(m.get('load_1min'), 2)} | {f.get('publish_form', '?')} |"
         )
     lines += [
         "",
