@@ -21,6 +21,7 @@ import argparse
 import functools
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +98,20 @@ def _levels(backend: str, url: str | None, args: argparse.Namespace) -> dict[str
         return trio.run(run)
 
 
+def _levels_in_child(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``python -m bench --backend BACKEND --levels ... --json`` in a child process: each backend's RSS figures
+    start from a fresh interpreter, not from the heap the backends before it left behind."""
+    argv = [sys.executable, "-m", "bench", "--backend", backend, "--levels", args.levels or _LEVELS, "--json"]
+    argv += ["--jxt", str(args.jxt), "--rounds", str(args.rounds), "--bridge", args.bridge, "--publish", args.publish]
+    if args.url is not None and backend != "memory":
+        argv += ["--url", args.url]
+    child = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False, cwd=Path(__file__).parent.parent)
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[1:])} failed with exit code {child.returncode}")
+    figures: dict[str, Any] = json.loads(child.stdout)
+    return figures
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import text, write_report
 
@@ -110,7 +125,7 @@ def _report(args: argparse.Namespace) -> int:
             raise SystemExit("--report with --url: name one broker backend in --backends")
         out.mkdir(parents=True, exist_ok=True)
         for backend in backends:
-            figures = _levels(backend, args.url, args)
+            figures = _levels_in_child(backend, args)
             saved = out / f"{backend}.json"
             saved.write_text(json.dumps(jsonable(figures), indent=1, sort_keys=True) + "\n", encoding="utf-8")
             print(text(figures) + "\n", file=sys.stderr)

@@ -80,6 +80,7 @@ def _jxt_leg(figures: Figures, leg: str) -> dict[str, Any] | None:
         row[key] = sum(int(r.get(key, 0)) for r in runs)
     for key in ("rss_mib", "tasks"):
         row[key] = max(r.get(key, 0) for r in runs)
+    row["rss_start_mib"] = min(_f(r.get("rss_start_mib")) for r in runs)
     return row
 
 
@@ -159,7 +160,7 @@ def _leg_table(figures: Figures, leg: str) -> list[str]:
     noun = "envelopes" if leg == "envelope" else "messages"
     lines = [
         f"| {noun} | {noun}/s | p50 ms | p99 ms | order violations | duplicates | lost | peak RSS MiB "
-        "| peak Trio tasks |",
+        "(growth in the leg) | peak Trio tasks |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level, f in _series(figures, leg):
@@ -168,7 +169,7 @@ def _leg_table(figures: Figures, leg: str) -> list[str]:
             label += f" (jxt workload, median of {f['rounds']})"
         lines.append(
             f"| {label} | {_num(f['msgs_per_s'])} | {_ms(f['p50_ms'])} | {_ms(f['p99_ms'])} | "
-            f"{f['order_violations']} | {f['duplicates']} | {f['lost']} | {_num(f['rss_mib'], 1)} | {f['tasks']} |"
+            f"{f['order_violations']} | {f['duplicates']} | {f['lost']} | {_rss(f)} | {f['tasks']} |"
         )
     levels = [(lv, f) for lv, f in _series(figures, leg) if "rounds" not in f]
     if len(levels) >= 2:
@@ -178,6 +179,12 @@ def _leg_table(figures: Figures, leg: str) -> list[str]:
             f"Scaling ({hi:,} vs {lo:,}): throughput {_ratio(_f(last['msgs_per_s']) / _f(first['msgs_per_s']))}.",
         ]
     return lines
+
+
+def _rss(f: Figures) -> str:
+    """Peak RSS, and its growth during the leg when known."""
+    peak, start = _f(f.get("rss_mib")), _f(f.get("rss_start_mib"))
+    return _num(peak, 1) + (f" (+{peak - start:.1f})" if math.isfinite(peak - start) else "")
 
 
 def _jxt_tables(results: Sequence[Figures]) -> list[str]:
@@ -274,8 +281,10 @@ def markdown(results: Sequence[Figures], *, plots: bool) -> str:
         "call. Latency runs from the publish call to the handler call, so in these saturated runs it is mostly the "
         "queue that builds up ahead of the handlers. Order violations count handlings whose sequence is below one "
         "already handled for the same aggregate (the guarantee: 0). RSS is the process's peak resident set during "
-        "the leg; tasks the peak size of Trio's task tree (a thread bridge's asyncio tasks are not counted). "
-        "The harness is `bench/levels.py`; `python -m bench --backend B --levels --json` prints every figure.",
+        "the leg (each backend runs in a fresh process, its legs one after another: the heap of earlier legs is "
+        "part of later figures; the growth within the leg is in brackets); tasks the peak size of Trio's task "
+        "tree (a thread bridge's asyncio tasks are not counted). The harness is `bench/levels.py`; "
+        "`python -m bench --backend B --levels --json` prints every figure.",
         "",
     ]
     if plots:

@@ -147,3 +147,17 @@ def test_levels_cli_json_and_report_from_files(tmp_path: Path) -> None:
     page = (out / "README.md").read_text(encoding="utf-8")
     assert "## memory" in page
     assert "| 100 |" in page
+
+
+def test_report_command_runs_the_legs(tmp_path: Path) -> None:
+    proc = run(
+        "-m", "bench", "--report", "--backends", "memory", "--levels", "50", "--jxt", "100", "--rounds", "1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "memory.json").read_text(encoding="utf-8"))  # for a later --from
+    assert saved["levels"]["50"]["envelope"]["order_violations"] == 0
+    assert saved["jxt"]["rounds"][0]["client"]["messages"] == 100
+    page = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "| 100 (jxt workload, median of 1) |" in page
+    assert "pressure levels on memory" in proc.stderr  # the terminal tables
