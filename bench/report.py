@@ -115,7 +115,8 @@ def text(figures: Figures) -> str:
         f"{'lost':>5}  {'RSS MiB':>7}  {'tasks':>5}",
     ]
     for level, row in _levels(figures):
-        for leg, f in row.items():
+        for leg in (name for name in _LEGS if name in row):
+            f = row[leg]
             lines.append(
                 f"{level:>8,}  {leg:<8}  {_num(f['msgs_per_s']):>9}  {_ms(f['p50_ms']):>8}  {_ms(f['p99_ms']):>8}  "
                 f"{f['order_violations']:>10}  {f['duplicates']:>4}  {f['lost']:>5}  {_num(f['rss_mib'], 1):>7}  "
