@@ -35,7 +35,7 @@ def _expose_pyenv_interpreters() -> None:
 
 
 _expose_pyenv_interpreters()
-ALL_EXTRAS = ".[dev,nats,kafka,lz4,uvloop]"
+ALL_EXTRAS = ".[dev,nats,kafka,lz4,uvloop,bench]"
 
 
 @nox.session(python=PYTHONS)
