@@ -371,7 +371,6 @@ class NatsBackend:
         with map_exceptions(NATS_ERRORS, f"cannot subscribe to {topic!r} in group {group!r}"):
             if info.persistent:
                 assert info.stream is not None
-                assert info.config is not None
                 max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
                 durable = durable_name(group, None if info.own else topic)
                 args = (cfg, self._nc, self._js, sub, info.stream, info.config, info.partitions, max_bytes, durable)

@@ -118,7 +118,7 @@ async def pinned_source(
     js: Any,
     sub: Subscription,
     stream: str,
-    stream_config: api.StreamConfig,
+    stream_config: api.StreamConfig | None,
     partitions: int,
     max_bytes: int,
     durable: str,

@@ -20,6 +20,11 @@
     ``"per_topic"``). If another service creates an overlapping stream between the look-up and the creation,
     JetStream refuses the creation and the look-up runs once more.
 
+Streams the bus creates carry the metadata ``trio_eventbus: per_topic`` (:data:`OWNER`); a found stream with
+that mark and the topic's own name is managed as under ``"per_topic"`` (updated from the options) in every
+mode. A stream of the same name without the mark (a Go service's per-topic stream, or one made by an older
+version of this bus) counts as not the bus's.
+
 A stream the bus did not create keeps its own settings: the retention limits, replicas and duplicate window
 the topic's ``TopicOptions`` (and ``NatsConfig.stream_*``) ask for are not applied to it; when they differ,
 :class:`StreamUse` lists the differences and the backend logs one WARNING per topic. A found stream is never
@@ -45,13 +50,15 @@ from .config import NatsConfig
 from .partitions import stream_subjects
 from .wire import api_error_code
 
-__all__ = ["StreamUse", "captures", "ensure_stream", "find_stream", "stream_config", "use_stream"]
+__all__ = ["OWNER", "StreamUse", "captures", "ensure_stream", "find_stream", "stream_config", "use_stream"]
 
 logger = logging.getLogger("trio_eventbus.nats")
 
 _ERR_OVERLAP = 10065  # subjects overlap with an existing stream
 _ERR_NAME_IN_USE = 10058  # stream name already in use with a different configuration
 _ERR_REPLICAS = 10074  # replicas > 1 not supported in non-clustered mode
+#: Stream metadata marking a per-topic stream the bus created (the existing modes still manage those).
+OWNER = ("trio_eventbus", "per_topic")
 
 
 def stream_config(cfg: NatsConfig, topic: str, name: str, o: TopicOptions) -> api.StreamConfig:
@@ -74,6 +81,7 @@ def stream_config(cfg: NatsConfig, topic: str, name: str, o: TopicOptions) -> ap
         max_age=0 if max_age is None else max_age,
         num_replicas=o.replicas,
         duplicate_window=window,
+        metadata=dict([OWNER]),
     )
 
 
@@ -119,6 +127,7 @@ async def ensure_stream(js: Any, config: api.StreamConfig) -> None:
         update = api.StreamConfig.from_response(existing.as_dict())
         for field in ("subjects", "max_msgs", "max_bytes", "max_age", "num_replicas", "duplicate_window"):
             setattr(update, field, getattr(config, field))
+        update.metadata = {**(existing.metadata or {}), **(config.metadata or {})}
         try:
             await js.update_stream(update)
         except APIError as exc:
@@ -211,13 +220,16 @@ async def use_stream(
             "streams='existing_or_per_topic'"
         )
     info = await js.stream_info(found)
+    if found == name and (info.config.metadata or {}).get(OWNER[0]) == OWNER[1]:
+        await ensure_stream(js, wanted)  # the topic's own stream, created by a bus: managed as in "per_topic"
+        return StreamUse(name, wanted, True)
     have = list(info.config.subjects or ())
     missing = [s for s in subjects[1:] if not any(captures(p, s) for p in have)]
     if missing:
         raise InvalidOptionError(
             f"topic {topic!r} has {len(subjects) - 1} partitions, but the stream {found!r} that captures it "
             f"(subjects {have}) does not capture {missing[:3]}{' ...' if len(missing) > 3 else ''}: a stream the "
-            f"bus does not create must also capture '<partition>.{topic}' (for example "
-            f"'*.{topic}'), or use TopicOptions(partitions=1)"
+            f"bus does not create must also capture '<partition>.{topic}' for each partition ('0.{topic}', "
+            f"'1.{topic}', ...), or use TopicOptions(partitions=1)"
         )
     return StreamUse(found, None, found == name, tuple(_differences(info.config, wanted)))
