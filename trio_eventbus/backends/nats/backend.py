@@ -15,10 +15,13 @@ Names
     subject                 the topic itself (``orders.created``): topics are literal NATS subjects;
                             partitioned topics add ``<p>.orders.created`` per partition (:mod:`.partitions`)
     stream (persistent)     ``NatsConfig.stream_prefix`` + topic with ``.`` → ``_``
-                            (``TEB_orders_created``), capturing exactly the topic's subjects
+                            (``TEB_orders_created``), capturing exactly the topic's subjects; with
+                            ``NatsConfig.streams="existing"`` whichever stream captures the subject
+                            (:mod:`.streams`)
     dead letters            topic ``orders.created.dlq`` → subject ``orders.created.dlq`` →
-                            its own stream ``TEB_orders_created_dlq``
-    durable consumer        the group name, inside the topic's stream (``<group>~p<n>`` per partition)
+                            its own stream ``TEB_orders_created_dlq`` (or the stream capturing it)
+    durable consumer        the group name, inside the topic's stream (``<group>~p<n>`` per partition);
+                            ``<group>~<topic with . → _>`` in a stream that is not the topic's own
     ephemeral topics        core NATS subject ``topic``, queue group = group name, no stream
     ======================  =======================================================================
 
@@ -28,10 +31,14 @@ Names
     bus) already captures, or whose stream name would be too long.
 
 Topics (:mod:`.streams`)
-    ``TopicOptions`` become the stream config: limits retention (``max_age``, ``max_bytes``,
-    ``max_messages``, discard old; unset limits fall back to ``NatsConfig.stream_max_*``), ``replicas``,
-    ``duplicate_window`` (JetStream cannot turn dedupe off: ``0`` becomes 1 ms). An existing stream is
-    updated when those differ. ``partitions = P > 1`` gives the topic ``P`` partition subjects; a keyed
+    ``NatsConfig.streams`` chooses between the topic's own stream (default ``"per_topic"``), the existing
+    stream capturing its subject (``"existing"``: never created or changed by the bus; none is
+    :class:`InvalidTopicError` at the topic's first use), or the existing one if any, else its own
+    (``"existing_or_per_topic"``). For its own stream, ``TopicOptions`` become the stream config: limits
+    retention (``max_age``, ``max_bytes``, ``max_messages``, discard old; unset limits fall back to
+    ``NatsConfig.stream_max_*``), ``replicas``, ``duplicate_window`` (JetStream cannot turn dedupe off: ``0``
+    becomes 1 ms). An existing own stream is updated when those differ (under ``"per_topic"``; a stream found
+    by the existing modes is never changed). ``partitions = P > 1`` gives the topic ``P`` partition subjects; a keyed
     message is published on its key's (``partition_of``, the Go services' function), a keyless one on the
     topic itself (:mod:`.partitions`).
 
@@ -120,8 +127,8 @@ from .pinned import PinnedPuller
 from .publish import Publisher, WireItem
 from .settle import Settler
 from .stats import NatsStatistics
-from .streams import ensure_stream, stream_config
-from .wire import NATS_ERRORS, server_version_error, stream_name, wire_message
+from .streams import stream_config, use_stream
+from .wire import NATS_ERRORS, durable_name, server_version_error, stream_name, wire_message
 
 __all__ = ["NatsBackend"]
 
@@ -141,13 +148,21 @@ _CLOSE_PUBACK_WAIT = 5.0
 
 
 class _Topic:
-    __slots__ = ("config", "name", "partitions", "persistent", "stream", "subjects")
+    __slots__ = ("config", "name", "own", "partitions", "persistent", "stream", "subjects")
 
     def __init__(
-        self, name: str, persistent: bool, stream: str | None, config: api.StreamConfig | None, partitions: int = 1
+        self,
+        name: str,
+        persistent: bool,
+        stream: str | None,
+        config: api.StreamConfig | None,
+        partitions: int = 1,
+        own: bool = True,
     ) -> None:
+        # config: what the bus re-creates the stream with if it vanishes (None: a stream it does not own)
         self.name, self.persistent, self.stream, self.config = name, persistent, stream, config
         self.partitions = partitions
+        self.own = own  # the topic's per-topic stream: its consumers are named after the group alone
         # the publisher's subjects (base, then one per partition) of a partitioned topic, else None
         self.subjects = stream_subjects(name, partitions) if persistent and partitions > 1 else None
 
@@ -168,6 +183,7 @@ class NatsBackend:
         self._outcomes: trio.MemorySendChannel[Sequence[Outcome]] | None = None
         self._tasks: trio.Nursery | None = None
         self._topics: dict[str, _Topic] = {}
+        self._warned_ignored: set[tuple[str, str]] = set()
         self._subs: list[Subscription] = []
         self._pullers: set[Source] = set()  # loop thread only
         self._closing = False
@@ -292,18 +308,30 @@ class NatsBackend:
             raise BusClosedError("the NATS backend is closed")
 
     async def ensure_topic(self, topic: str, options: TopicOptions) -> None:
-        """Create or update the topic's stream (persistent), or just note the topic (ephemeral)."""
+        """Find, create or update the topic's stream as ``NatsConfig.streams`` says (persistent; see
+        :mod:`.streams`), or just note the topic (ephemeral)."""
         self._check_open()
         assert self._bridge is not None
         if not options.persistent:
             self._topics[topic] = _Topic(topic, False, None, None)
             await trio.lowlevel.checkpoint()
             return
-        name = stream_name(self._config.stream_prefix, topic)
-        config = stream_config(self._config, topic, name, options)
-        with map_exceptions(NATS_ERRORS, f"cannot create stream {name!r} for topic {topic!r}"):
-            await self._bridge.run(ensure_stream, self._js, config)
-        self._topics[topic] = _Topic(topic, True, name, config, options.partitions)
+        cfg = self._config
+        name = stream_name(cfg.stream_prefix, topic)
+        config = stream_config(cfg, topic, name, options)
+        with map_exceptions(NATS_ERRORS, f"cannot find or create the stream of topic {topic!r}"):
+            use = await self._bridge.run(use_stream, self._js, cfg.streams, config)
+        if use.ignored and (topic, use.name) not in self._warned_ignored:
+            self._warned_ignored.add((topic, use.name))
+            logger.warning(
+                "topic %r uses the stream %r, which this bus does not manage (NatsConfig.streams=%r): its "
+                "settings are kept, the topic's options are not applied (%s)",
+                topic,
+                use.name,
+                cfg.streams,
+                "; ".join(use.ignored),
+            )
+        self._topics[topic] = _Topic(topic, True, use.name, use.config, options.partitions, use.own)
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -343,9 +371,9 @@ class NatsBackend:
         with map_exceptions(NATS_ERRORS, f"cannot subscribe to {topic!r} in group {group!r}"):
             if info.persistent:
                 assert info.stream is not None
-                assert info.config is not None
                 max_bytes = max(cfg.fetch_max_bytes, self._nc.max_payload + _MESSAGE_OVERHEAD)
-                args = (cfg, self._nc, self._js, sub, info.stream, info.config, info.partitions, max_bytes)
+                durable = durable_name(group, None if info.own else topic)
+                args = (cfg, self._nc, self._js, sub, info.stream, info.config, info.partitions, max_bytes, durable)
                 source = await self._bridge.run(pinned_source, *args)
                 await self._bridge.run(self._aio_subscribe, source)
             else:

@@ -147,7 +147,27 @@ class NatsConfig:
         ``group_session_timeout`` s (default 5 s) without one. A dead member's partitions are handled again
         after at most ``max(group_session_timeout, pinned_ttl)`` plus a pull request's ``fetch_max_wait``.
     Streams
-        ``stream_prefix`` starts every stream name; ``stream_storage`` is ``"file"`` or ``"memory"``;
+        ``streams`` says where a topic's messages are stored (:mod:`trio_eventbus.backends.nats.streams`):
+
+        - ``"per_topic"`` (default): the bus owns one stream per topic, named ``stream_prefix`` + the topic with
+          ``.`` → ``_``, capturing exactly the topic's subjects; it creates it, and updates its limits from the
+          topic's :class:`~trio_eventbus.TopicOptions`. A stream the bus did not make that captures the
+          topic's subject is refused (:class:`~trio_eventbus.InvalidTopicError`: JetStream forbids overlaps).
+        - ``"existing"``: the bus never creates, updates or deletes a stream; each topic uses whichever
+          stream captures its subject (JetStream's ``STREAM.NAMES`` with a subject filter), such as a Go
+          service's ``orders.>`` stream. No such stream: :class:`~trio_eventbus.InvalidTopicError` from the
+          first publish, ``configure_topic`` or ``subscribe`` of the topic.
+        - ``"existing_or_per_topic"``: the stream that captures the topic's subject if there is one (used as
+          it is), else the bus's per-topic stream (created as in ``"per_topic"``).
+
+        In the two ``existing`` modes a stream the bus did not create keeps its own settings: the topic's
+        retention options and the ``stream_*`` limits below are not applied to it (one WARNING names the
+        differences); a partitioned topic needs a stream that also captures ``<p>.<topic>`` for each partition
+        (else :class:`~trio_eventbus.InvalidOptionError`). Durable consumers in a stream that is not the topic's
+        own are named ``<group>~<topic with . → _>`` (one stream holds many topics).
+
+        ``stream_prefix`` starts every stream name the bus makes (``"ORDERS_"`` gives the Go services'
+        per-topic layout ``<stream>_<topic>``); ``stream_storage`` is ``"file"`` or ``"memory"``;
         ``stream_max_bytes``/``stream_max_messages``/``stream_max_age`` apply where the topic's
         :class:`~trio_eventbus.TopicOptions` leave the limit unset; ``duplicate_window``, when set, replaces
         ``TopicOptions.duplicate_window`` for every stream. ``request_timeout`` bounds JetStream API calls.
@@ -187,6 +207,9 @@ class NatsConfig:
     pinned_ttl: float = attrs.field(default=5.0, validator=_positive_number)
     group_heartbeat: float = attrs.field(default=1.0, validator=_positive_number)
     group_session_timeout: float = attrs.field(default=5.0, validator=_positive_number)
+    streams: Literal["per_topic", "existing", "existing_or_per_topic"] = attrs.field(
+        default="per_topic", validator=v.one_of("per_topic", "existing", "existing_or_per_topic")
+    )
     stream_prefix: str = attrs.field(default="TEB_", validator=v.matches(_PREFIX, "0-32 characters of A-Z a-z 0-9 _ -"))
     stream_storage: Literal["file", "memory"] = attrs.field(default="file", validator=v.one_of("file", "memory"))
     stream_max_bytes: int | None = attrs.field(default=None, validator=_optional_positive_int)

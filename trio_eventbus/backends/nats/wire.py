@@ -6,7 +6,8 @@ Names (see also :mod:`trio_eventbus.backends.nats`)
     subject = the topic itself (topics are already literal NATS subjects: dot-separated tokens of
     ``A-Z a-z 0-9 _ -``); stream = ``NatsConfig.stream_prefix`` + the topic with ``.`` replaced by ``_``;
     durable consumer = the group name (a consumer lives inside its topic's stream, so the group alone
-    identifies it and the bus already restricts groups to ``A-Z a-z 0-9 _ -``).
+    identifies it and the bus already restricts groups to ``A-Z a-z 0-9 _ -``), or ``<group>~<topic with
+    . → _>`` in a stream the bus found capturing the topic (``NatsConfig.streams``), which may hold other topics.
 
 Headers added on the wire and removed again before the bus sees a delivery
     ``Nats-Msg-Id``: the message id (``event_id`` of envelopes), JetStream's dedupe key;
@@ -84,9 +85,11 @@ def stream_name(prefix: str, topic: str) -> str:
     return name
 
 
-def durable_name(group: str) -> str:
-    """The durable pull consumer of ``group`` inside a topic's stream."""
-    return group
+def durable_name(group: str, topic: str | None = None) -> str:
+    """The durable pull consumer of ``group`` inside a topic's stream: the group's name in the topic's own
+    stream (``topic=None``), ``<group>~<topic with . → _>`` in a stream holding other topics too (``~`` is
+    not allowed in group names, so this never clashes with another group's consumer)."""
+    return group if topic is None else f"{group}~{topic.replace('.', '_')}"
 
 
 def nak_delay(delay: float) -> bytes:
