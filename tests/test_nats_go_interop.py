@@ -209,7 +209,7 @@ async def test_go_usual_setup_one_prefix_stream_shared_both_ways(nats_url: str) 
         assert got.tenant_id == want["tenant_id"]
         assert type(got.tenant_id) is int
         assert got.payload == base64.b64decode(want["payload_b64"])  # verbatim, inner whitespace kept
-        assert got.timestamp == parse_timestamp(want["timestamp"])
+        assert (got.timestamp, got.timestamp_nanosecond) == parse_timestamp(want["timestamp"])
     violations = handled.violations(lambda e: rank.get(e.event_id, len(rank)))
     # our publish landed in the Go stream (not refused, no stream of ours created) as a body Go accepts
     doc = go_decoder_accepts(raw.data)
@@ -217,7 +217,7 @@ async def test_go_usual_setup_one_prefix_stream_shared_both_ways(nats_url: str) 
     assert (doc["event_version"], doc["tenant_id"]) == (2, 42)
     assert doc["payload"] == {"total": 12.5, "items": ["a", "b"]}  # embedded JSON, not a string
     assert doc["timestamp"].endswith("Z")
-    assert parse_timestamp(doc["timestamp"]) == mine.timestamp
+    assert parse_timestamp(doc["timestamp"]) == (mine.timestamp, mine.timestamp_nanosecond)
     assert info.config.subjects == ["interop.>"]
     assert info.state.messages == len(WIRE) + 1
     assert consumers == ["py-svc~interop_main_n1"]
