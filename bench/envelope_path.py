@@ -1,4 +1,4 @@
-"""``python -m bench.envelope_path [--messages N] [--rounds R] [--json]``: the envelope path's own cost.
+"""``python -m bench.envelope_path [--messages N] [--rounds R] [--json] [--callgrind]``: the envelope path's cost.
 
 Figures (issue 15, goal 1), all from one invocation:
 
@@ -12,6 +12,11 @@ Figures (issue 15, goal 1), all from one invocation:
   with ``publish_envelope_nowait`` to ``subscribe_envelope`` (both await their async form only when the window
   is full). Throughput runs from the first publish to the last handler call. The legs alternate ``rounds``
   times; ``ratio`` is the median of the per-round ratios (envelope / raw), the other figures are medians.
+
+``--callgrind`` (needs valgrind, ~2 minutes) adds the deterministic figures: instructions per message of each leg
+(``callgrind_raw_instr``, ``callgrind_envelope_instr``: (count(N2) - count(N1)) / (N2 - N1) of one leg run alone
+in a fresh process, ``PYTHONHASHSEED=0``) and their ratio (``callgrind_ratio`` = raw / envelope: the throughput
+ratio the legs would have on an unloaded core).
 
 The memory backend hands the envelope object to envelope subscribers without decoding it (see
 ``trio_eventbus.backends.memory``), so the envelope leg pays building + encoding + the bus; ``decode_us`` is
@@ -157,6 +162,56 @@ async def bench_envelope_path(*, messages: int = 20_000, rounds: int = 5, ops: i
     return out
 
 
+async def _load(leg: str, messages: int) -> None:
+    """One leg alone (for callgrind): ``messages`` publishes and their handling on a fresh bus."""
+    counter = [0]
+    done = [trio.Event()]
+
+    def count() -> None:
+        counter[0] += 1
+        if counter[0] == messages:
+            done[0].set()
+
+    async def on_raw(message: Message) -> None:
+        count()
+
+    async def on_envelope(envelope: Envelope) -> None:
+        count()
+
+    async with open_bus(MemoryConfig(), options=BusOptions(service="bench")) as bus:
+        await bus.subscribe("bench.raw", on_raw)
+        await bus.subscribe_envelope("bench.envelopes", on_envelope)
+        await _leg(bus, messages, leg == "envelope", counter, done)
+
+
+def _callgrind(small: int = 2_000, large: int = 10_000) -> dict[str, float]:
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=here)
+
+    def count(leg: str, n: int) -> int:
+        with tempfile.TemporaryFile() as err:
+            subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
+                 "bench.envelope_path", "--load", leg, "--messages", str(n)],
+                cwd=here, env=env, stdout=subprocess.DEVNULL, stderr=err, check=True,
+            )  # fmt: skip
+            err.seek(0)
+            found = re.search(rb"Collected : (\d+)", err.read())
+            assert found, "valgrind printed no instruction count"
+            return int(found.group(1))
+
+    out = {}
+    for leg in ("raw", "envelope"):
+        out[f"callgrind_{leg}_instr"] = float((count(leg, large) - count(leg, small)) // (large - small))
+    out["callgrind_ratio"] = out["callgrind_raw_instr"] / out["callgrind_envelope_instr"]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m bench.envelope_path``."""
     parser = argparse.ArgumentParser(prog="python -m bench.envelope_path", description=__doc__)
@@ -164,8 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--ops", type=int, default=20_000, help="calls per timed codec loop (default 20,000)")
     parser.add_argument("--json", action="store_true", help="print one machine-readable line")
+    parser.add_argument("--callgrind", action="store_true", help="add instructions per message of each leg")
+    parser.add_argument("--load", choices=("raw", "envelope"), help=argparse.SUPPRESS)  # one leg, for callgrind
     args = parser.parse_args(argv)
+    if args.load:
+        trio.run(_load, args.load, args.messages)
+        return 0
     figures = trio.run(lambda: bench_envelope_path(messages=args.messages, rounds=args.rounds, ops=args.ops))
+    if args.callgrind:
+        figures |= _callgrind()
     if args.json:
         print(json.dumps(figures, sort_keys=True))
     else:

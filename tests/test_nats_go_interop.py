@@ -7,7 +7,8 @@ headers) with a plain nats-py client, as the Go service would, and check:
 
 - (a) Go's usual set-up: one stream capturing ``interop.>``; a bus with ``NatsConfig(streams="existing")``
   decodes every captured envelope to exactly the fields the Go publisher set (``go-nats-expected.jsonl``), in
-  per-aggregate order, and its own publish lands in that stream as a body the Go decoder accepts;
+  per-aggregate order, and its own publish lands in that stream as a body the Go decoder accepts (its rules:
+  ``test_go_interop_vectors.go_decoder_reads``);
 - (b) the Go per-topic layout: ``stream_prefix="<stream>_"`` names the stream exactly as the Go bus does, and
   headerless "Go publisher" envelopes reach the subscriber in per-aggregate order;
 - (c) the default (``streams="per_topic"``) still refuses a foreign stream capturing the topic, and the Go
@@ -23,7 +24,6 @@ import base64
 import json
 import pathlib
 import random
-import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +32,7 @@ import pytest
 import trio
 from nats.js.errors import APIError, NotFoundError
 from nats_helpers import config, on_server
+from test_go_interop_vectors import go_decoder_reads
 
 import trio_eventbus as teb
 from trio_eventbus._codec import parse_timestamp
@@ -43,28 +44,6 @@ WIRE = [json.loads(line) for line in (DATA / "go-nats-wire.jsonl").read_text().s
 EXPECTED = [json.loads(line) for line in (DATA / "go-nats-expected.jsonl").read_text().splitlines() if line.strip()]
 TOPIC = WIRE[0]["subject"]  # interop.main.n1: every captured message
 GO_STREAM = "GO_INTEROP"  # the Go service's one stream (its usual set-up)
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
-
-
-def go_decoder_accepts(body: bytes) -> dict[str, Any]:
-    """The Go decoder's rules: a JSON object; ids and type strings; ``event_version`` and ``tenant_id`` JSON
-    integers (``tenant_id`` a uint64); ``timestamp`` an RFC 3339 string; ``payload`` any JSON value embedded
-    as it is; unknown fields ignored. Returns the decoded object."""
-    doc = json.loads(body)
-    assert isinstance(doc, dict)
-    for name in ("event_id", "aggregate_id", "event_type"):
-        assert isinstance(doc[name], str), name
-        assert doc[name], name
-    assert type(doc["event_version"]) is int
-    assert isinstance(doc["timestamp"], str)
-    assert _RFC3339.fullmatch(doc["timestamp"]), doc["timestamp"]
-    if doc.get("tenant_id") is not None:
-        assert type(doc["tenant_id"]) is int
-        assert doc["tenant_id"] >= 0
-    for name in ("trace_id", "correlation_id"):
-        assert doc.get(name) is None or isinstance(doc[name], str)
-    assert "payload" in doc
-    return doc
 
 
 def go_body(i: int, aggregate: str, seq: int) -> bytes:
@@ -209,14 +188,14 @@ async def test_go_usual_setup_one_prefix_stream_shared_both_ways(nats_url: str) 
         assert got.tenant_id == want["tenant_id"]
         assert type(got.tenant_id) is int
         assert got.payload == base64.b64decode(want["payload_b64"])  # verbatim, inner whitespace kept
-        assert (got.timestamp, got.timestamp_nanosecond) == parse_timestamp(want["timestamp"])
+        assert (got.timestamp, got.timestamp_nanosecond) == parse_timestamp(want["timestamp"])  # to the ns
     violations = handled.violations(lambda e: rank.get(e.event_id, len(rank)))
     # our publish landed in the Go stream (not refused, no stream of ours created) as a body Go accepts
-    doc = go_decoder_accepts(raw.data)
+    doc, go_payload = go_decoder_reads(raw.data, dict(raw.headers or {}))
     assert (doc["event_id"], doc["aggregate_id"], doc["event_type"]) == (mine.event_id, "agg-py-001", "FromPython")
     assert (doc["event_version"], doc["tenant_id"]) == (2, 42)
     assert doc["payload"] == {"total": 12.5, "items": ["a", "b"]}  # embedded JSON, not a string
-    assert doc["timestamp"].endswith("Z")
+    assert go_payload == mine.payload  # what a Go handler gets: the bytes published
     assert parse_timestamp(doc["timestamp"]) == (mine.timestamp, mine.timestamp_nanosecond)
     assert info.config.subjects == ["interop.>"]
     assert info.state.messages == len(WIRE) + 1

@@ -314,3 +314,28 @@ async def test_existing_or_per_topic_uses_a_wildcard_stream_when_there_is_one(na
 
 async def _find_all(js: Any, subjects: list[str]) -> list[str | None]:
     return [await _find(js, s) for s in subjects]
+
+
+@pytest.mark.nats
+async def test_a_work_queue_stream_already_consumed_is_refused_with_the_reason(nats_url: str) -> None:
+    """A work queue gives each message to one consumer: a second group on the Go service's subject is refused."""
+    stem = topic_name("wq").replace("-", "_")
+    foreign, topic = f"GO_{stem}", f"{stem}.jobs"
+
+    async def setup(js: Any) -> None:
+        await js.add_stream(name=foreign, subjects=[f"{stem}.>"], retention=api.RetentionPolicy.WORK_QUEUE)
+        await js.add_consumer(foreign, api.ConsumerConfig(durable_name="go-worker", filter_subject=topic))
+
+    async def handler(msg: teb.Message) -> None:
+        raise AssertionError("unreachable")
+
+    with trio.fail_after(30):
+        await on_server(nats_url, setup)
+        try:
+            async with teb.open_bus(config(nats_url, streams="existing")) as bus:
+                await bus.publish(topic, b"job", confirm=True)  # publishing into it is fine
+                with pytest.raises(teb.InvalidOptionError, match="work-queue stream") as info:
+                    await bus.subscribe(topic, handler, group="svc")
+        finally:
+            await _drop(nats_url, foreign)
+    print(info.value)
