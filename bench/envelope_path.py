@@ -11,7 +11,9 @@ Figures (issue 15, goal 1), all from one invocation:
   key=aggregate)`` to a raw subscriber; the envelope leg builds an envelope of the same payload and publishes it
   with ``publish_envelope_nowait`` to ``subscribe_envelope`` (both await their async form only when the window
   is full). Throughput runs from the first publish to the last handler call. The legs alternate ``rounds``
-  times; ``ratio`` is the median of the per-round ratios (envelope / raw), the other figures are medians.
+  times; ``ratio`` is the median of the per-round ratios (envelope / raw), the other figures are medians. A third
+  leg, ``prebuilt``, publishes envelopes built before its clock starts (``prebuilt_ratio``: the bus and the
+  encoding without the building).
 
 ``--callgrind`` (needs valgrind, ~2 minutes) adds the deterministic figures: instructions per message of each leg
 (``callgrind_raw_instr``, ``callgrind_envelope_instr``: (count(N2) - count(N1)) / (N2 - N1) of one leg run alone
@@ -91,18 +93,26 @@ def codec_costs(ops: int, rounds: int) -> dict[str, float]:
     }
 
 
-async def _leg(bus: object, messages: int, envelopes: bool, counter: list[int], done: list[trio.Event]) -> float:
+async def _leg(bus: object, messages: int, leg: str, counter: list[int], done: list[trio.Event]) -> float:
+    """One leg: ``raw``, ``envelope`` (built in the loop) or ``prebuilt`` (built before the clock starts)."""
     from trio_eventbus import EventBus
 
     assert isinstance(bus, EventBus)
     counter[0] = 0
     done[0] = trio.Event()
     n = len(AGGREGATES)
+    prebuilt = [_envelope(AGGREGATES[i % n]) for i in range(messages)] if leg == "prebuilt" else []
     clock = time.perf_counter
     start = clock()
-    if envelopes:
+    if leg == "envelope":
         for i in range(messages):
             env = Envelope(aggregate_id=AGGREGATES[i % n], event_type="OrderPlaced", event_version=1, payload=PAYLOAD)
+            try:
+                bus.publish_envelope_nowait("bench.envelopes", env)
+            except trio.WouldBlock:
+                await bus.publish_envelope("bench.envelopes", env)
+    elif leg == "prebuilt":
+        for env in prebuilt:
             try:
                 bus.publish_envelope_nowait("bench.envelopes", env)
             except trio.WouldBlock:
@@ -118,47 +128,53 @@ async def _leg(bus: object, messages: int, envelopes: bool, counter: list[int], 
     return messages / (clock() - start)
 
 
+def _envelope(aggregate: str) -> Envelope:
+    return Envelope(aggregate_id=aggregate, event_type="OrderPlaced", event_version=1, payload=PAYLOAD)
+
+
 async def bench_envelope_path(*, messages: int = 20_000, rounds: int = 5, ops: int = 20_000) -> dict[str, float]:
-    """Codec costs, then the raw and envelope legs alternated on one memory bus; medians and the ratio."""
+    """Codec costs, then the raw, envelope and prebuilt legs alternated on one memory bus; medians and ratios."""
     out: dict[str, float] = {"messages": float(messages), "rounds": float(rounds), "payload_bytes": 250.0}
     out |= codec_costs(ops, rounds)
     counter = [0]
     done = [trio.Event()]
     target = [messages]
 
-    async def on_raw(message: Message) -> None:
+    def count() -> None:
         counter[0] += 1
         if counter[0] == target[0]:
             done[0].set()
+
+    async def on_raw(message: Message) -> None:
+        count()
 
     async def on_envelope(envelope: Envelope) -> None:
-        counter[0] += 1
-        if counter[0] == target[0]:
-            done[0].set()
+        count()
 
-    raw: list[float] = []
-    env: list[float] = []
+    legs = ("raw", "envelope", "prebuilt")
+    rates: dict[str, list[float]] = {leg: [] for leg in legs}
     ratios: list[float] = []
+    prebuilt_ratios: list[float] = []
     async with open_bus(MemoryConfig(), options=BusOptions(service="bench")) as bus:
         await bus.subscribe("bench.raw", on_raw)
         await bus.subscribe_envelope("bench.envelopes", on_envelope)
         target[0] = 1000  # warm-up: the lanes of every aggregate exist, code paths are warm
-        await _leg(bus, 1000, False, counter, done)
-        await _leg(bus, 1000, True, counter, done)
+        for leg in legs:
+            await _leg(bus, 1000, leg, counter, done)
         target[0] = messages
         for i in range(rounds):
-            order = (False, True) if i % 2 == 0 else (True, False)
             figures = {}
-            for envelopes in order:
-                figures[envelopes] = await _leg(bus, messages, envelopes, counter, done)
-            raw.append(figures[False])
-            env.append(figures[True])
-            ratios.append(figures[True] / figures[False])
-    out["raw_msgs_per_s"] = statistics.median(raw)
-    out["envelope_msgs_per_s"] = statistics.median(env)
+            for leg in legs[i % 3 :] + legs[: i % 3]:  # each round starts with another leg
+                figures[leg] = await _leg(bus, messages, leg, counter, done)
+                rates[leg].append(figures[leg])
+            ratios.append(figures["envelope"] / figures["raw"])
+            prebuilt_ratios.append(figures["prebuilt"] / figures["raw"])
+    for leg in legs:
+        out[f"{leg}_msgs_per_s"] = statistics.median(rates[leg])
     out["ratio"] = statistics.median(ratios)
     out["ratio_min"] = min(ratios)
     out["ratio_max"] = max(ratios)
+    out["prebuilt_ratio"] = statistics.median(prebuilt_ratios)
     return out
 
 
@@ -181,7 +197,7 @@ async def _load(leg: str, messages: int) -> None:
     async with open_bus(MemoryConfig(), options=BusOptions(service="bench")) as bus:
         await bus.subscribe("bench.raw", on_raw)
         await bus.subscribe_envelope("bench.envelopes", on_envelope)
-        await _leg(bus, messages, leg == "envelope", counter, done)
+        await _leg(bus, messages, leg, counter, done)
 
 
 def _callgrind(small: int = 2_000, large: int = 10_000) -> dict[str, float]:

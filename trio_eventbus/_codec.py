@@ -166,7 +166,8 @@ def _embeddable(payload: bytes) -> bool:
         _parse_json(payload)
     except _JSON_ERRORS:
         return False
-    if payload.count(b"[") + payload.count(b"{") > _MAX_EMBED_DEPTH:
+    # nesting deeper than the bound needs more than twice as many bytes: short payloads skip the count
+    if len(payload) > 2 * _MAX_EMBED_DEPTH and payload.count(b"[") + payload.count(b"{") > _MAX_EMBED_DEPTH:
         return _depth(payload) <= _MAX_EMBED_DEPTH
     return True
 
