@@ -51,6 +51,20 @@ class BoundedQueue(Generic[T]):
         if self._getters:
             self._getters.unpark()
 
+    def offer(self, item: T) -> bool:
+        """Append ``item`` unless the queue is full (False, nothing appended); ``trio.ClosedResourceError`` after
+        :meth:`close`. :meth:`put_nowait` without an exception for a full queue (writers that fall back to
+        waiting often)."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        items = self._items
+        if len(items) >= self._capacity:
+            return False
+        items.append(item)
+        if self._getters:
+            self._getters.unpark()
+        return True
+
     async def put(self, item: T) -> None:
         """Append ``item``, waiting while the queue is full. Cancelled while waiting: nothing was added."""
         while True:

@@ -18,7 +18,7 @@ from ..._exceptions import BusClosedError
 from ..._options import TopicOptions
 from ..._statistics import BackendStatistics
 from .groups import Group, backlog, join, leave
-from .log import MemoryBroker, Topic
+from .log import MemoryBroker, Token, Topic
 
 __all__ = ["MemoryBackend", "MemoryConfig", "MemoryStatistics", "MemorySubscriptionStatistics"]
 
@@ -167,7 +167,8 @@ class MemoryBackend:
         try:
             with scope:
                 while True:
-                    taken = topic.take(group, self._subscriber, self._fetch_batch, self._fetch_bytes, trio.current_time())
+                    now = trio.current_time()
+                    taken = topic.take(group, self._subscriber, self._fetch_batch, self._fetch_bytes, now)
                     if not taken:
                         with trio.move_on_at(topic.next_due(group)):
                             await group.lot.park()
@@ -179,7 +180,8 @@ class MemoryBackend:
                 self._fetchers_done.set()
 
     def settle(self, delivery: Delivery, disposition: Disposition, delay: float = 0.0) -> None:
-        topic, group, offset = delivery.token  # type: ignore[misc]  # this backend's (see .log)
+        token: Token = delivery.token  # type: ignore[assignment]  # this backend's (see .log)
+        topic, group, offset = token
         if disposition is _NAK:
             topic.nak(group, offset, trio.current_time() + delay)
         else:
@@ -252,5 +254,5 @@ class MemoryBackend:
 
     def delivery_info(self, delivery: Delivery) -> Mapping[str, object]:
         """Raw metadata of ``delivery``: its ``offset`` in the topic's log. Never blocks."""
-        _, _, offset = delivery.token  # type: ignore[misc]  # this backend's (see .log)
-        return {"offset": offset}
+        token: Token = delivery.token  # type: ignore[assignment]  # this backend's (see .log)
+        return {"offset": token[2]}

@@ -182,9 +182,7 @@ def on_settle(group: Group, offset: int) -> None:
         group.holder[p] = 0
 
 
-def take_partitioned(
-    topic: Topic, group: Group, member: int, limit: int, max_bytes: int, now: float
-) -> list[Delivery]:
+def take_partitioned(topic: Topic, group: Group, member: int, limit: int, max_bytes: int, now: float) -> list[Delivery]:
     """Tracking mode's take (see the module docstring): route, then hand out of the partitions ``member`` may
     take, at most ``limit`` messages and ``max_bytes`` of bodies (at least one)."""
     if group.sole == member:
@@ -222,7 +220,8 @@ def take_partitioned(
     n = group.partitions
     start = group.turn
     group.turn = (start + 1) % n
-    owner, holder, held, part, counts, name = group.owner, group.holder, group.held, group.part, group.counts, topic.name
+    owner, holder, held, part, counts = group.owner, group.holder, group.held, group.part, group.counts
+    name = topic.name
     for i in range(n):
         p = (start + i) % n
         heap = ready[p]
@@ -245,7 +244,9 @@ def take_partitioned(
             part[offset] = p
             held[p] += 1
             holder[p] = member
-            out.append(Delivery(name, m.body, m.headers, m.key, m.message_id, attempt, (topic, group, offset), m.envelope))
+            out.append(
+                Delivery(name, m.body, m.headers, m.key, m.message_id, attempt, (topic, group, offset), m.envelope)
+            )
         if len(out) >= limit:
             break
     return out

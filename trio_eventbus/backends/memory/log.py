@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import heapq
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import trio
 
@@ -25,14 +26,18 @@ from ..._abc import Delivery, Disposition, OutgoingMessage
 from ..._options import TopicOptions
 from .groups import Group, on_settle, take_partitioned
 
-__all__ = ["DEFAULT_MAX_DUPLICATE_IDS", "MemoryBroker", "Topic"]
+__all__ = ["DEFAULT_MAX_DUPLICATE_IDS", "MemoryBroker", "Token", "Topic"]
 
 #: ``MemoryBroker(max_duplicate_ids=...)`` by default: the most message ids one topic remembers for dedupe.
 DEFAULT_MAX_DUPLICATE_IDS = 100_000
 _NAK = Disposition.NAK
+#: ``Delivery.token`` of this backend: the topic, the group and the offset delivered.
+Token: TypeAlias = "tuple[Topic, Group, int]"
 
 
 class Topic:
+    """One topic's log (see the module docstring)."""
+
     def __init__(self, name: str, options: TopicOptions, capacity: int, max_ids: int) -> None:
         self.name = name
         self.options = options
