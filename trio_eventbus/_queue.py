@@ -28,7 +28,16 @@ D = TypeVar("D")
 class BoundedQueue(Generic[T]):
     """A bounded FIFO between Trio tasks (see the module docstring)."""
 
-    __slots__ = ("_capacity", "_closed", "_getters", "_items", "_putters", "_resume_at")
+    __slots__ = (
+        "_capacity",
+        "_closed",
+        "_getters",
+        "_items",
+        "_parked_getters",
+        "_parked_putters",
+        "_putters",
+        "_resume_at",
+    )
 
     def __init__(self, capacity: int, *, resume_at: int | None = None) -> None:
         self._items: collections.deque[T] = collections.deque()
@@ -36,6 +45,10 @@ class BoundedQueue(Generic[T]):
         self._resume_at = capacity - 1 if resume_at is None else resume_at
         self._getters = trio.lowlevel.ParkingLot()
         self._putters = trio.lowlevel.ParkingLot()
+        # tasks parked on each lot and not unparked yet: an int test per item instead of ParkingLot.__bool__ (a
+        # Python call); exact, as the unparking side subtracts what it wakes and a cancelled park subtracts itself
+        self._parked_getters = 0
+        self._parked_putters = 0
         self._closed = False
 
     def __len__(self) -> int:
@@ -48,7 +61,8 @@ class BoundedQueue(Generic[T]):
         if len(self._items) >= self._capacity:
             raise trio.WouldBlock
         self._items.append(item)
-        if self._getters:
+        if self._parked_getters:
+            self._parked_getters -= 1
             self._getters.unpark()
 
     def offer(self, item: T) -> bool:
@@ -61,7 +75,8 @@ class BoundedQueue(Generic[T]):
         if len(items) >= self._capacity:
             return False
         items.append(item)
-        if self._getters:
+        if self._parked_getters:
+            self._parked_getters -= 1
             self._getters.unpark()
         return True
 
@@ -71,7 +86,12 @@ class BoundedQueue(Generic[T]):
             try:
                 self.put_nowait(item)
             except trio.WouldBlock:
-                await self._putters.park()
+                self._parked_putters += 1
+                try:
+                    await self._putters.park()
+                except BaseException:  # cancelled while parked: nobody unparked it
+                    self._parked_putters -= 1
+                    raise
             else:
                 return
 
@@ -79,7 +99,8 @@ class BoundedQueue(Generic[T]):
         """Take the oldest item; ``trio.WouldBlock`` when empty, ``trio.EndOfChannel`` when closed and empty."""
         if self._items:
             item = self._items.popleft()
-            if self._putters and len(self._items) <= self._resume_at:
+            if self._parked_putters and len(self._items) <= self._resume_at:
+                self._parked_putters = 0
                 self._putters.unpark_all()
             return item
         if self._closed:
@@ -91,7 +112,8 @@ class BoundedQueue(Generic[T]):
         items = self._items
         if items:
             item = items.popleft()
-            if self._putters and len(items) <= self._resume_at:
+            if self._parked_putters and len(items) <= self._resume_at:
+                self._parked_putters = 0
                 self._putters.unpark_all()
             return item
         return default
@@ -102,7 +124,7 @@ class BoundedQueue(Generic[T]):
             try:
                 return self.get_nowait()
             except trio.WouldBlock:
-                await self._getters.park()
+                await self._park_getter()
 
     async def wait_readable(self) -> bool:
         """Wait until an item is queued (True) or the queue is closed and empty (False); takes nothing.
@@ -112,11 +134,25 @@ class BoundedQueue(Generic[T]):
         while not self._items:
             if self._closed:
                 return False
-            await self._getters.park()
+            self._parked_getters += 1  # _park_getter, inline
+            try:
+                await self._getters.park()
+            except BaseException:
+                self._parked_getters -= 1
+                raise
         return True
+
+    async def _park_getter(self) -> None:
+        self._parked_getters += 1
+        try:
+            await self._getters.park()
+        except BaseException:  # cancelled while parked: nobody unparked it
+            self._parked_getters -= 1
+            raise
 
     def close(self) -> None:
         """No more puts; getters drain what is queued, then get ``EndOfChannel``."""
         self._closed = True
+        self._parked_getters = self._parked_putters = 0
         self._getters.unpark_all()
         self._putters.unpark_all()
