@@ -261,7 +261,20 @@ class Topic:
             return  # already settled, or released when its subscriber left
         if group.tracking:
             on_settle(group, offset)
-        self._done(group, offset)
+        # _done, inline (once per message)
+        if group.counts:
+            group.counts.pop(offset, None)
+        if offset != group.floor:
+            group.acked.add(offset)
+            return
+        floor = offset + 1
+        acked = group.acked
+        if acked:
+            while floor in acked:
+                acked.remove(floor)
+                floor += 1
+        group.floor = floor
+        self.trim()
 
     def _done(self, group: Group, offset: int) -> None:
         """``offset`` is settled for good in ``group``: advance its floor and trim what every group acked."""
