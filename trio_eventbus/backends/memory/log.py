@@ -29,7 +29,7 @@ from .groups import Group, on_settle, take_partitioned
 __all__ = ["DEFAULT_MAX_DUPLICATE_IDS", "MemoryBroker", "Token", "Topic"]
 
 #: ``MemoryBroker(max_duplicate_ids=...)`` by default: the most message ids one topic remembers for dedupe.
-DEFAULT_MAX_DUPLICATE_IDS = 100_000
+DEFAULT_MAX_DUPLICATE_IDS = 20_000
 _NAK = Disposition.NAK
 #: ``Delivery.token`` of this backend: the topic, the group and the offset delivered.
 Token: TypeAlias = "tuple[Topic, Group, int]"
@@ -328,11 +328,20 @@ class MemoryBroker:
     ``topic_capacity``: the most messages a topic without retention limits keeps (unacked by some group, or with
     no group yet); publishers wait for room beyond it (backpressure).
 
-    ``max_duplicate_ids``: the most message ids a topic remembers for dedupe (``TopicOptions.duplicate_window``
-    bounds them in time, this in count; the oldest is forgotten first), so the broker's memory stays flat
-    whatever the publish rate. An id older than the newest ``max_duplicate_ids`` of its topic is accepted
-    again, as by any broker with a bounded window; see the README's "Dedupe" for how this compares to NATS and
-    Kafka.
+    ``max_duplicate_ids``: the most message ids a topic remembers for dedupe, per topic. The duplicate window is
+    bounded in time by ``TopicOptions.duplicate_window`` (as JetStream's) and in count by this, whichever is
+    shorter; the oldest id is forgotten first, so the broker's memory stays flat whatever the publish rate (an id
+    costs ~140 bytes with its string: under 3 MB at the default). What a bound means: a message whose id is older
+    than the newest ``max_duplicate_ids`` ids of its topic is accepted again, as by any broker with a bounded
+    window; a duplicate of a recent message is still refused. The default, 20,000, is
+    ``BusOptions.max_pending_publishes`` plus ``results_buffer`` at their defaults: every publish of one bus whose
+    outcome the application may not have seen yet (in flight, or its result unread) and so may send again.
+    Compared with the brokers: NATS JetStream bounds its window by time only (``duplicate_window``: the ids of two
+    minutes, at any rate); Kafka's idempotent producer has no id window at all: the broker keeps the last five
+    batches' sequence numbers per producer and partition, which drops the producer's own retries but not a
+    message sent again by another producer or after a restart. Ours drops any re-send of a recent id on the
+    topic, from any bus, like NATS, within both bounds.
+    Raise it for applications that re-send older messages (an outbox replaying a backlog).
     """
 
     def __init__(self, *, topic_capacity: int = 100_000, max_duplicate_ids: int = DEFAULT_MAX_DUPLICATE_IDS) -> None:
