@@ -22,7 +22,7 @@ from typing import TypeAlias
 import trio
 
 from ... import _validate as v
-from ..._abc import Delivery, Disposition, OutgoingMessage
+from ..._abc import Delivery, OutgoingMessage
 from ..._options import TopicOptions
 from .groups import Group, on_settle, take_partitioned
 
@@ -30,7 +30,6 @@ __all__ = ["DEFAULT_MAX_DUPLICATE_IDS", "MemoryBroker", "Token", "Topic"]
 
 #: ``MemoryBroker(max_duplicate_ids=...)`` by default: the most message ids one topic remembers for dedupe.
 DEFAULT_MAX_DUPLICATE_IDS = 20_000
-_NAK = Disposition.NAK
 #: ``Delivery.token`` of this backend: the topic, the group and the offset delivered.
 Token: TypeAlias = "tuple[Topic, Group, int]"
 
@@ -304,12 +303,6 @@ class Topic:
         group.counts[offset] = group.counts.get(offset, 0) + 1  # deliveries so far (see Group.counts)
         heapq.heappush(group.redeliver, (due, offset))
         group.lot.unpark_all()
-
-    def settle(self, group: Group, offset: int, disposition: Disposition, due: float) -> None:
-        if disposition is _NAK:
-            self.nak(group, offset, due)
-        else:
-            self.ack(group, offset)
 
     def release(self, subscriber: int, now: float) -> None:
         """A subscriber left: everything it held goes back to its group for redelivery."""
