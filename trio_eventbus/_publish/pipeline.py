@@ -343,8 +343,8 @@ class PublishPipeline:
                                 results = self._results  # publish_results() may have been called meanwhile
                         if results is not None:
                             try:
-                                taken = results.put_nowait(result)
-                            except trio.BrokenResourceError:
+                                taken = results.offer(result)
+                            except trio.ClosedResourceError:  # _offer tells why (reader gone, or closed)
                                 taken = False
                             if not taken:
                                 await self._offer(results, _CHANNEL, result)

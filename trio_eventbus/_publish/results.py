@@ -163,6 +163,9 @@ class ResultChannel(trio.abc.ReceiveChannel[T], Generic[T]):
 
     def __init__(self, capacity: int, guard: ReaderGuard | None = None) -> None:
         self._queue: BoundedQueue[T] = BoundedQueue(capacity, resume_at=capacity // 2)
+        #: The writer's fast path, once per result: :meth:`BoundedQueue.offer` (False when full;
+        #: ``trio.ClosedResourceError`` once either side closed the channel, where :meth:`put_nowait` tells which).
+        self.offer = self._queue.offer
         self._capacity = capacity
         self._guard = ReaderGuard() if guard is None else guard
         self._write_closed = False
