@@ -62,9 +62,8 @@ class ResultsCallback:
     def put_nowait(self, result: PublishResult) -> bool:
         """Queue ``result`` unless the queue is full (False); ``BrokenResourceError`` once the task ended."""
         try:
-            self._queue.put_nowait(result)
-        except trio.WouldBlock:
-            return False
+            if not self._queue.offer(result):
+                return False
         except trio.ClosedResourceError:
             raise trio.BrokenResourceError from None
         self.enqueued += 1

@@ -39,6 +39,7 @@ is queued and exit; :meth:`~PublishPipeline.stop_sending` cancels it (close dead
 from __future__ import annotations
 
 import collections
+import datetime as _dt
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -50,7 +51,7 @@ from .._envelope import Envelope
 from .._exceptions import PublishError
 from .._options import BusOptions, PublishResult
 from .callback import ResultsCallback
-from .results import ReaderGuard, ResultChannel
+from .results import ReaderGuard, ResultChannel, new_result
 
 __all__ = ["PublishPipeline"]
 
@@ -157,7 +158,13 @@ class PublishPipeline:
             return False
         self._free -= 1
         self._bytes = after
-        self._enqueue(topic, body, headers, key, message_id, envelope)
+        # _enqueue, inline (once per message)
+        self._seq = seq = self._seq + 1
+        self._pending[seq] = message = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
+        queue = self._queue
+        if not queue and self._queue_waiter:  # the publisher task parks only on an empty queue
+            self._queue_waiter.unpark()
+        queue.append(message)
         return True
 
     def _enqueue(
@@ -172,9 +179,10 @@ class PublishPipeline:
         """Queue a message for the publisher task, on a window slot already taken; its sequence number."""
         self._seq = seq = self._seq + 1
         self._pending[seq] = message = OutgoingMessage(seq, topic, body, headers, key, message_id, envelope)
-        self._queue.append(message)
-        if self._queue_waiter:
+        queue = self._queue
+        if not queue and self._queue_waiter:  # the publisher task parks only on an empty queue
             self._queue_waiter.unpark()
+        queue.append(message)
         return seq
 
     async def submit(
@@ -250,7 +258,11 @@ class PublishPipeline:
                             return
                         await self._queue_waiter.park()
                         continue
-                    batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
+                    if len(queue) <= limit:
+                        batch = list(queue)
+                        queue.clear()
+                    else:
+                        batch = [queue.popleft() for _ in range(limit)]
                     try:
                         await self._backend.send(batch)
                     except Exception as exc:
@@ -275,21 +287,26 @@ class PublishPipeline:
             self._outcomes_recv.close()
 
     async def _complete(self, seqs: Sequence[int], error: BaseException | None) -> None:
-        """Account for the outcome of ``seqs``; awaits only to hand a result to a full results channel."""
+        """Account for the outcome of ``seqs``; awaits only to hand a result to a full results sink."""
         pending = self._pending
         confirms = self._confirms
         no_result = self._no_result
-        if error is None:
+        results = self._results
+        callback = self._callback
+        success = error is None
+        if success:
             self.published += len(seqs)
         else:
             self.failed += len(seqs)
+        # one timestamp for the results of one outcome: the broker's verdict on them came at once
+        stamp = _dt.datetime.now(_dt.UTC) if results is not None or callback is not None else None
         freed = 0  # body bytes freed by this call, subtracted from _bytes before a release and at the end
         try:
             for seq in seqs:
                 message = pending.pop(seq, None)
                 if message is None:
                     logger.error("backend reported a second outcome for message %d; ignored", seq)
-                    if error is None:
+                    if success:
                         self.published -= 1
                     else:
                         self.failed -= 1
@@ -299,11 +316,38 @@ class PublishPipeline:
                     if waiter is not None:
                         waiter.error = error
                         waiter.done.set()
-                if message.message_id is not None:
+                message_id = message.message_id
+                if message_id is not None:
                     if no_result and seq in no_result:
                         no_result.discard(seq)
-                    elif self._results is not None or self._callback is not None:
-                        await self._deliver_result(message, error)
+                    elif stamp is not None:
+                        # an envelope's message id and key are its event_id and aggregate_id
+                        envelope = message.envelope
+                        result = new_result(
+                            message_id,
+                            message.topic,
+                            message.key,
+                            None if envelope is None else envelope.event_type,
+                            success,
+                            error,
+                            stamp,
+                        )
+                        # put_nowait inline; awaits (_offer) only for a full or closed sink
+                        if callback is not None:
+                            try:
+                                taken = callback.put_nowait(result)
+                            except trio.BrokenResourceError:
+                                taken = False
+                            if not taken:
+                                await self._offer(callback, _CALLBACK, result)
+                                results = self._results  # publish_results() may have been called meanwhile
+                        if results is not None:
+                            try:
+                                taken = results.offer(result)
+                            except trio.ClosedResourceError:  # _offer tells why (reader gone, or closed)
+                                taken = False
+                            if not taken:
+                                await self._offer(results, _CHANNEL, result)
                 # free the window slot and bytes (parked publishers wake together once _resume_at slots are free)
                 self._free += 1
                 freed += len(message.body)
@@ -320,32 +364,6 @@ class PublishPipeline:
                     self._advance(seq)
         finally:
             self._bytes -= freed
-
-    async def _deliver_result(self, message: OutgoingMessage, error: BaseException | None) -> None:
-        meta = message.envelope
-        if meta is not None:
-            result = PublishResult(
-                event_id=meta.event_id,
-                topic=message.topic,
-                aggregate_id=meta.aggregate_id,
-                event_type=meta.event_type,
-                success=error is None,
-                error=error,
-            )
-        else:
-            assert message.message_id is not None
-            result = PublishResult(
-                event_id=message.message_id,
-                topic=message.topic,
-                aggregate_id=message.key,
-                event_type=None,
-                success=error is None,
-                error=error,
-            )
-        if self._callback is not None:
-            await self._offer(self._callback, _CALLBACK, result)
-        if self._results is not None:
-            await self._offer(self._results, _CHANNEL, result)
 
     async def _offer(
         self, sink: ResultsCallback | ResultChannel[PublishResult], name: str, result: PublishResult

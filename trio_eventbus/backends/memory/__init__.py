@@ -23,7 +23,9 @@ Semantics
     - At least once: a message stays pending until acked or termed; ``NAK`` redelivers it after the delay;
       messages a subscriber held when its bus closed are redelivered to the group. ``attempt`` counts
       deliveries to the group.
-    - Dedupe: a ``message_id`` seen on the topic within ``duplicate_window`` seconds is acked, not stored.
+    - Dedupe: a ``message_id`` seen on the topic within ``duplicate_window`` seconds, and among the newest
+      ``MemoryBroker(max_duplicate_ids=...)`` ids of the topic (20,000 by default), is acked, not stored. Both
+      bounds forget the oldest id first; a forgotten id is accepted again (see :class:`MemoryBroker`).
     - A fetch batch holds at most ``MemoryConfig.fetch_batch`` messages and ``fetch_bytes`` bytes of bodies
       (at least one message); the fetcher hands it to the bus and waits while the bus's lanes are full (by
       count, or by bytes: ``BusOptions.max_buffered_bytes``) before it takes the next.

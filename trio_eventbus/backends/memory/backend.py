@@ -18,7 +18,7 @@ from ..._exceptions import BusClosedError
 from ..._options import TopicOptions
 from ..._statistics import BackendStatistics
 from .groups import Group, backlog, join, leave
-from .log import MemoryBroker, Topic
+from .log import MemoryBroker, Token, Topic
 
 __all__ = ["MemoryBackend", "MemoryConfig", "MemoryStatistics", "MemorySubscriptionStatistics"]
 
@@ -32,6 +32,7 @@ _FEATURES = BackendFeatures(
 )
 _subscriber_ids = itertools.count(1)
 _FETCH_BYTES = 8 * 1024 * 1024  # MemoryConfig.fetch_bytes by default
+_NAK = Disposition.NAK
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -87,13 +88,6 @@ class MemoryConfig:
         return MemoryBackend(broker, self.fetch_batch, self.fetch_bytes)
 
 
-@attrs.define(slots=True, eq=False)  # one per delivery: read-only by use (not frozen: 3x faster to build)
-class _Token:
-    topic: Topic
-    group: Group
-    offset: int
-
-
 class MemoryBackend:
     """One bus's connection to a :class:`MemoryBroker` (see the module docstring)."""
 
@@ -134,20 +128,22 @@ class MemoryBackend:
 
     async def send(self, batch: Sequence[OutgoingMessage]) -> None:
         assert self._outcomes is not None
+        outcomes = self._outcomes
+        topic_of = self.broker._topic
         now = trio.current_time()
-        stored: list[int] = []
-        for msg in batch:
-            topic = self.broker._topic(msg.topic)
-            if topic.full():
-                if stored:  # report what is stored before waiting for room (a cancel must not hide it)
-                    await self._outcomes.send([Outcome(stored)])
-                    stored = []
-                while topic.full():
-                    await topic.space.park()
+        done = start = 0  # batch[:done] stored and reported; batch[done:start] stored, not reported yet
+        n = len(batch)
+        while start < n:
+            topic = topic_of(batch[start].topic)
+            end = topic.append_many(batch, start, now)
+            if end == start:  # the log is full: report what is stored before waiting (a cancel must not hide it)
+                if done < start:
+                    await outcomes.send([Outcome([m.seq for m in batch[done:start]])])
+                    done = start
+                await topic.wait_for_space()
                 now = trio.current_time()
-            topic.append(msg, now)
-            stored.append(msg.seq)
-        await self._outcomes.send([Outcome(stored)])
+            start = end
+        await outcomes.send([Outcome([m.seq for m in batch[done:]] if done else [m.seq for m in batch])])
 
     async def subscribe(self, topic: str, group: str, options: TopicOptions, sink: DeliverySink) -> None:
         """Start the fetcher of ``(topic, group)``. Cancelled, it subscribed nothing; once the fetcher is
@@ -177,31 +173,19 @@ class MemoryBackend:
                         with trio.move_on_at(topic.next_due(group)):
                             await group.lot.park()
                         continue
-                    name = topic.name
-                    await sink.deliver(
-                        [
-                            Delivery(
-                                name,
-                                s.body,
-                                s.headers,
-                                s.key,
-                                s.message_id,
-                                count,
-                                _Token(topic, group, s.offset),
-                                s.envelope,
-                            )
-                            for s, count in taken
-                        ]
-                    )
+                    await sink.deliver(taken)
         finally:
             self._fetchers_alive -= 1
             if self._fetchers_alive == 0:
                 self._fetchers_done.set()
 
     def settle(self, delivery: Delivery, disposition: Disposition, delay: float = 0.0) -> None:
-        token = delivery.token
-        assert isinstance(token, _Token)
-        token.topic.settle(token.group, token.offset, disposition, trio.current_time() + delay)
+        token: Token = delivery.token  # type: ignore[assignment]  # this backend's (see .log)
+        topic, group, offset = token
+        if disposition is _NAK:
+            topic.nak(group, offset, trio.current_time() + delay)
+        else:
+            topic.ack(group, offset)
 
     async def stop_consuming(self) -> None:
         for scope in self._fetchers:
@@ -270,6 +254,5 @@ class MemoryBackend:
 
     def delivery_info(self, delivery: Delivery) -> Mapping[str, object]:
         """Raw metadata of ``delivery``: its ``offset`` in the topic's log. Never blocks."""
-        token = delivery.token
-        assert isinstance(token, _Token)
-        return {"offset": token.offset}
+        token: Token = delivery.token  # type: ignore[assignment]  # this backend's (see .log)
+        return {"offset": token[2]}

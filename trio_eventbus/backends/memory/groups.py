@@ -43,10 +43,11 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from ..._abc import Delivery
 from ..._partition import partition_of
 
 if TYPE_CHECKING:
-    from .log import Stored, Topic
+    from .log import Topic
 
 __all__ = ["Group", "join", "leave", "on_settle", "take_partitioned"]
 
@@ -63,7 +64,8 @@ class Group:
     subscribers: int = 0
     acked: set[int] = attrs.field(factory=set)
     inflight: dict[int, int] = attrs.field(factory=dict)  # offset -> subscriber id holding it
-    counts: dict[int, int] = attrs.field(factory=dict)  # offset -> deliveries so far
+    # offset -> deliveries so far, of the offsets nak'ed at least once (a first delivery needs no entry)
+    counts: dict[int, int] = attrs.field(factory=dict)
     redeliver: list[tuple[float, int]] = attrs.field(factory=list)  # heap of (due time, offset)
     lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     # -- partitions (see the module docstring) --
@@ -83,10 +85,10 @@ class Group:
     turn: int = 0  # first partition the next take looks at (rotates)
     generation: int = 0  # rebalances so far
 
-    def partition(self, stored: Stored) -> int:
-        key = stored.key
+    def partition(self, key: str | None, offset: int) -> int:
+        """The partition of the message at ``offset`` with ``key``."""
         if key is None:
-            return stored.offset % self.partitions
+            return offset % self.partitions
         p = self.keys.get(key)
         if p is None:
             if len(self.keys) >= _KEY_CACHE_LIMIT:
@@ -152,7 +154,7 @@ def _track(topic: Topic, group: Group) -> None:
     base, end, log = topic.base, topic.end, topic.log
     for offset, member in group.inflight.items():
         if base <= offset < end:
-            p = group.part[offset] = group.partition(log[offset - base])
+            p = group.part[offset] = group.partition(log[offset - base].key, offset)
             group.held[p] += 1
             group.holder[p] = member
 
@@ -180,9 +182,7 @@ def on_settle(group: Group, offset: int) -> None:
         group.holder[p] = 0
 
 
-def take_partitioned(
-    topic: Topic, group: Group, member: int, limit: int, max_bytes: int, now: float
-) -> list[tuple[Stored, int]]:
+def take_partitioned(topic: Topic, group: Group, member: int, limit: int, max_bytes: int, now: float) -> list[Delivery]:
     """Tracking mode's take (see the module docstring): route, then hand out of the partitions ``member`` may
     take, at most ``limit`` messages and ``max_bytes`` of bodies (at least one)."""
     if group.sole == member:
@@ -197,7 +197,7 @@ def take_partitioned(
         offset = heapq.heappop(group.redeliver)[1]
         if offset < base or offset in inflight or offset in acked or offset < group.floor:
             continue
-        p = group.partition(log[offset - base])
+        p = group.partition(log[offset - base].key, offset)
         heapq.heappush(ready[p], offset)
         group.routed += 1
         woken = woken or group.owner[p] != member
@@ -208,19 +208,20 @@ def take_partitioned(
     if group.next < end:
         owner = group.owner
         for offset in range(group.next, end):
-            p = group.partition(log[offset - base])
+            p = group.partition(log[offset - base].key, offset)
             ready[p].append(offset)  # larger than every offset routed before: still a heap
             woken = woken or owner[p] != member
         group.routed += end - group.next
         group.next = end
     if woken:
         group.lot.unpark_all()
-    out: list[tuple[Stored, int]] = []
+    out: list[Delivery] = []
     size = 0
     n = group.partitions
     start = group.turn
     group.turn = (start + 1) % n
     owner, holder, held, part, counts = group.owner, group.holder, group.held, group.part, group.counts
+    name = topic.name
     for i in range(n):
         p = (start + i) % n
         heap = ready[p]
@@ -232,18 +233,20 @@ def take_partitioned(
                 heapq.heappop(heap)
                 group.routed -= 1
                 continue
-            stored = log[offset - base]
-            size += len(stored.body)
+            m = log[offset - base]
+            size += len(m.body)
             if size > max_bytes and out:
                 return out
             heapq.heappop(heap)
             group.routed -= 1
             inflight[offset] = member
-            count = counts[offset] = counts.get(offset, 0) + 1
+            attempt = counts.get(offset, 0) + 1
             part[offset] = p
             held[p] += 1
             holder[p] = member
-            out.append((stored, count))
+            out.append(
+                Delivery(name, m.body, m.headers, m.key, m.message_id, attempt, (topic, group, offset), m.envelope)
+            )
         if len(out) >= limit:
             break
     return out
