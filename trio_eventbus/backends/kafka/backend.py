@@ -10,9 +10,9 @@ Publishing
     :mod:`trio_eventbus.backends.kafka.publish`), in publish order, so one key's messages keep their order.
     When a crossing's partition batches are acknowledged, their outcomes come back as one list of
     :class:`~trio_eventbus.Outcome` through a :class:`BatchPipe`; the ack-handler task forwards them to the
-    bus. The record key is ``OutgoingMessage.key`` (murmur2 partitioning, as the Java client: one key, one
-    partition); headers go as given (UTF-8 values); a ``message_id`` that is not the envelope's
-    ``X-Event-ID`` travels in an ``X-Message-ID`` header. While a partition's previous batch has not left,
+    bus. The record key is ``OutgoingMessage.key``, placed by ``KafkaConfig.partitioner`` (murmur2 as the Java
+    client, or FNV-1a as Go's sarama: one key, one partition); headers go as given (UTF-8 values); a
+    ``message_id`` travels in an ``X-Message-ID`` header. While a partition's previous batch has not left,
     ``send`` waits in asyncio: that is backpressure on the bus's publisher task. Broker failures become
     :class:`PublishError` outcomes (:class:`MessageTooLargeError` for oversized records; the native error
     in ``__cause__``); a broker that is away delays outcomes up to ``request_timeout_ms``.
@@ -90,7 +90,7 @@ from .consume import GroupConsumer
 from .partition import Partition
 from .publish import AioPublisher
 from .stats import KafkaStatistics
-from .wire import KAFKA_ERRORS, KAFKA_TOPIC_ERRORS
+from .wire import KAFKA_ERRORS, KAFKA_TOPIC_ERRORS, PARTITIONERS
 
 __all__ = ["KafkaBackend", "KafkaConfig"]
 
@@ -294,7 +294,9 @@ class KafkaBackend:
             raise
         self._producer, self._admin = producer, admin
         assert self._acks is not None
-        self._publisher = AioPublisher(producer, self._acks, self._producer_kw["max_request_size"])
+        self._publisher = AioPublisher(
+            producer, self._acks, self._producer_kw["max_request_size"], PARTITIONERS[self.config.partitioner]
+        )
 
     async def _unavailable(self, bridge: Bridge, exc: BaseException) -> BackendUnavailable:
         """Find the real reason of a failed start (aiokafka logs it but raises "Unable to bootstrap")."""

@@ -1,8 +1,9 @@
 """The asyncio side of Kafka publishing: one publish batch → one record batch per partition → outcomes.
 
 :meth:`AioPublisher.submit` runs inside ONE bridge crossing per bus publish batch. It does what
-``AIOKafkaProducer.send`` does per message (serialize, check the size, partition with the default
-partitioner: murmur2 of the key, like the Java client), but appends the records to one aiokafka
+``AIOKafkaProducer.send`` does per message (serialize, check the size, partition: a keyed record with the
+function ``KafkaConfig.partitioner`` names, murmur2 as the Java client or FNV-1a as Go's sarama, remembered per
+key and topic; a keyless one on a random available partition), but appends the records to one aiokafka
 ``BatchBuilder`` per partition and hands each builder over with ``send_batch``: one future and one callback
 per partition instead of one coroutine, one future and one callback per message. The producer's idempotence
 (sequence numbers per partition batch) applies unchanged.
@@ -30,13 +31,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ..._abc import Outcome, OutgoingMessage
 from ..._exceptions import PublishError
 from .._bridge import BatchPipe, BridgeError
-from .wire import H_MESSAGE_ID, publish_error
+from .wire import H_MESSAGE_ID, KeyPartitioner, publish_error
 
 __all__ = ["AioPublisher"]
 
@@ -44,7 +44,6 @@ logger = logging.getLogger("trio_eventbus.kafka")
 
 _KEY_CACHE_LIMIT = 1 << 16  # remembered key -> partition mappings per topic
 _estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
-_partitioner = DefaultPartitioner()
 
 
 class _AckBatch:
@@ -115,8 +114,15 @@ class _Topic:
 class AioPublisher:
     """Turns bus publish batches into partition batches of one producer (runs on the bridge's loop)."""
 
-    def __init__(self, producer: AIOKafkaProducer, outcomes: BatchPipe[list[Outcome]], max_request_size: int):
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        outcomes: BatchPipe[list[Outcome]],
+        max_request_size: int,
+        partitioner: KeyPartitioner,
+    ):
         self._producer = producer
+        self._partitioner = partitioner
         self._outcomes = outcomes
         self._max_size = max_request_size
         self._topics: dict[str, _Topic] = {}
@@ -183,7 +189,7 @@ class AioPublisher:
                 elif (cached := state.keys.get(key)) is not None:
                     partition = cached
                 else:
-                    partition = state.keys[key] = _partitioner(key, state.partitions, available)
+                    partition = state.keys[key] = self._partitioner(key, state.partitions)
                 slot = (topic, partition)
                 entry = open_batches.get(slot)
                 if entry is None:
