@@ -57,7 +57,12 @@ class LoopInbox(Generic[T]):
             raise
 
     def _start(self) -> None:  # loop thread
-        self._task = asyncio.ensure_future(self._work())
+        self._task = task = asyncio.ensure_future(self._work())
+        task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Future[None]) -> None:  # loop thread
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._bridge._fail(exc)  # a handler that raised is a bug: fail the bridge, never hang silently
 
     async def _work(self) -> None:  # loop thread: the only worker
         while True:
