@@ -473,6 +473,31 @@ async def test_inbox_handler_failure_fails_the_bridge_instead_of_hanging(kind: K
                 await put_and_wait()
 
 
+@pytest.mark.trio
+@pytest.mark.parametrize("eager", [True, False])
+async def test_eager_pipe_wakes_trio_from_the_put_itself(eager: bool) -> None:
+    """eager_wake: Trio gets the item while the loop's step that put it is still running (thread kind)."""
+    received = threading.Event()
+
+    async def put_then_hold_the_loop(pipe: BatchPipe[int]) -> bool:
+        pipe.put_nowait(1)
+        return received.wait(timeout=5.0 if eager else 0.2)  # blocks the loop: only an eager wake-up reaches Trio
+
+    with trio.fail_after(TIMEOUT):
+        async with bridge_for("thread") as bridge:
+            pipe: BatchPipe[int] = BatchPipe(bridge, capacity=10, eager_wake=eager)
+            async with trio.open_nursery() as nursery:
+
+                async def receive() -> None:
+                    assert await pipe.receive_batch(10) == [1]
+                    received.set()
+
+                nursery.start_soon(receive)
+                await trio.testing.wait_all_tasks_blocked()  # parked in receive_batch
+                got_it_in_time = await bridge.run(put_then_hold_the_loop, pipe)
+    assert got_it_in_time == eager
+
+
 @each_kind
 @pytest.mark.trio
 async def test_pipe_applies_backpressure_and_resumes_after_receive(kind: Kind) -> None:
