@@ -407,16 +407,18 @@ async def test_pipe_keeps_fifo_order_and_wakes_trio_per_batch_not_per_item(kind:
 async def test_inbox_keeps_order_and_batches_what_arrives_while_the_worker_is_busy(kind: Kind) -> None:
     passes: list[list[int]] = []
     gate = asyncio.Event()
+    started = Signal()
 
     async def handler(items: list[int]) -> None:
         passes.append(items)
+        started.set()
         await gate.wait()  # the first pass holds the worker: later puts accumulate
 
     with trio.fail_after(TIMEOUT):
         async with bridge_for(kind) as bridge:
             inbox: LoopInbox[int] = LoopInbox(bridge, handler)
             inbox.put([0])
-            await bridge.run(noop)  # the first pass has started and waits at the gate
+            await started.wait()  # the first pass has started and waits at the gate
             for i in range(1, 101):
                 inbox.put([i])
             assert len(inbox) == 100
@@ -434,8 +436,10 @@ async def _set(event: asyncio.Event) -> None:
 @pytest.mark.trio
 async def test_inbox_stop_cancels_the_running_pass_and_returns_what_is_buffered(kind: Kind) -> None:
     cancelled: list[list[int]] = []
+    started = Signal()
 
     async def handler(items: list[int]) -> None:
+        started.set()
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -446,7 +450,7 @@ async def test_inbox_stop_cancels_the_running_pass_and_returns_what_is_buffered(
         async with bridge_for(kind) as bridge:
             inbox: LoopInbox[int] = LoopInbox(bridge, handler)
             inbox.put([1, 2])
-            await bridge.run(noop)
+            await started.wait()
             inbox.put([3, 4])
             left = await bridge.run(inbox.stop)
             inbox.put([5])  # after stop: buffered, never handled
