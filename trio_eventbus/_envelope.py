@@ -1,16 +1,19 @@
 """Envelope and Message: the frozen values that travel through the bus.
 
-An :class:`Envelope` is a domain event with the identity fields the Go services of the seeds use; a
-:class:`Message` is what a raw (non-envelope) subscriber receives. Both are immutable; change them with
-``attrs.evolve``. Validation happens at construction, so an ``Envelope`` that exists is a valid one.
+An :class:`Envelope` is a domain event with the identity fields the Go services of the seeds use (the
+``jxt-core`` envelope: same names, same types, see docs/go-interop.md); a :class:`Message` is what a raw
+(non-envelope) subscriber receives. Both are immutable; change them with ``attrs.evolve``. Validation happens at
+construction, so an ``Envelope`` that exists is a valid one.
+
+Cost: an envelope is built once per event, so its constructor is written by hand (attrs generates the rest):
+the checks run once, aggregate ids and event types seen recently cost one set lookup each, and a new id is
+:func:`._ids.new_event_id` (no system call per id).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
-import time
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import attrs
 
 from ._exceptions import InvalidEnvelopeError, InvalidHeaderError
+from ._ids import new_event_id
 
 __all__ = ["Envelope", "Message", "new_event_id"]
 
@@ -25,29 +29,21 @@ _AGGREGATE_ID_RE = re.compile(r"[A-Za-z0-9:_\-./]{1,256}")
 _EMPTY_HEADERS: Mapping[str, str] = types.MappingProxyType({})
 
 
-def new_event_id() -> str:
-    """Return a new UUIDv7-style id (48-bit millisecond timestamp, version 7, 74 random bits).
-
-    Ids sort by creation time, which keeps broker-side dedupe windows and outbox tables index-friendly.
-    """
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62
-    value |= rand & 0x3FFF_FFFF_FFFF_FFFF
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+_UTC = _dt.UTC
+_now = _dt.datetime.now
+_MAX_INT64 = 2**63  # event_version and tenant_id are Go int64s: 0 < event_version < 2**63, 0 <= tenant_id < 2**63
 
 
 def _utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.UTC)
+    return _now(_UTC)
 
 
-def _to_utc(value: _dt.datetime) -> _dt.datetime:
+def _to_utc(value: object) -> _dt.datetime:
     if not isinstance(value, _dt.datetime):
         raise InvalidEnvelopeError(f"timestamp must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None:
+    if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidEnvelopeError("timestamp must be timezone-aware (use datetime.now(UTC))")
-    return value.astimezone(_dt.UTC)
+    return value.astimezone(_UTC)
 
 
 def _check_text(name: str, value: object, *, required: bool) -> None:
@@ -172,18 +168,64 @@ def freeze_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
     return types.MappingProxyType(dict(headers))
 
 
-@attrs.frozen(slots=True, kw_only=True)
+#: Aggregate ids and event types that passed their checks (they repeat: one set lookup instead of the checks).
+#: Bounded: each is emptied when it reaches ``_KNOWN_LIMIT`` entries.
+_known_aggregates: set[str] = set()
+_known_types: set[str] = set()
+_KNOWN_LIMIT = 16384
+
+
+def _check_aggregate_id(value: object) -> None:
+    _check_text("aggregate_id", value, required=True)
+    assert isinstance(value, str)
+    if not _AGGREGATE_ID_RE.fullmatch(value):
+        raise InvalidEnvelopeError(f"aggregate_id {value[:40]!r} must be 1-256 characters from A-Z a-z 0-9 : _ - . /")
+    if type(value) is str:
+        if len(_known_aggregates) >= _KNOWN_LIMIT:
+            _known_aggregates.clear()
+        _known_aggregates.add(value)
+
+
+def _check_event_type(value: object) -> None:
+    _check_text("event_type", value, required=True)
+    if type(value) is str:
+        if len(_known_types) >= _KNOWN_LIMIT:
+            _known_types.clear()
+        _known_types.add(value)
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = " (a JSON number on the wire, as in the Go envelope)" if name == "tenant_id" else ""
+        raise InvalidEnvelopeError(f"{name} must be an int{hint}, not {type(value).__name__} {value!r:.40}")
+    if not low <= value < _MAX_INT64:
+        raise InvalidEnvelopeError(f"{name} must be {'> 0' if low else '>= 0'} and < 2**63, got {value}")
+
+
+@attrs.frozen(slots=True, kw_only=True, init=False)
 class Envelope:
-    """A domain event.
+    """A domain event, with the fields (names and types) of the Go services' envelope.
 
     ``aggregate_id`` is the ordering key: envelopes of one aggregate are handled in publish order, envelopes
     of different aggregates concurrently. ``event_id`` identifies the event end to end (outbox row, broker
-    dedupe id, :class:`PublishResult`); it is generated when omitted. ``payload`` is opaque bytes; when it is
-    valid JSON it is embedded as JSON on the wire, as the Go services do.
+    dedupe id, :class:`PublishResult`); omitted (or ``None``) a new UUIDv7 is generated. ``payload`` is opaque
+    bytes; when it is UTF-8 JSON it is embedded verbatim as JSON on the wire, as the Go services do, otherwise
+    it travels as base64 (see :mod:`._codec`).
 
-    Raises :class:`InvalidEnvelopeError` (a ``ValueError``) when a field is invalid: ids and type blank,
-    ``event_version`` not a positive int, empty or non-bytes payload, ``aggregate_id`` longer than 256
-    characters or outside ``A-Z a-z 0-9 : _ - . /``, a naive timestamp.
+    ``timestamp`` is an aware ``datetime`` (stored in UTC; omitted: now, to the microsecond) and
+    ``timestamp_nanosecond`` (0-999) the nanoseconds it cannot hold: a Go timestamp such as
+    ``...37.555344067Z`` decodes to ``timestamp=...37.555344``, ``timestamp_nanosecond=67`` and encodes back to
+    the same text. :attr:`timestamp_ns` is both as one integer. ``attrs.evolve(env, timestamp=t)`` keeps the
+    old ``timestamp_nanosecond``; pass ``timestamp_nanosecond=0`` with a new timestamp to drop it.
+
+    ``tenant_id`` is an ``int`` (a JSON number on the wire, as the Go envelope's), ``0 <= tenant_id < 2**63``.
+    Equality compares every field.
+
+    Raises :class:`InvalidEnvelopeError` (a ``ValueError``) when a field is invalid: ids and type blank or
+    not ``str``, ``event_version`` not an int in ``1 .. 2**63-1``, empty or non-bytes payload,
+    ``aggregate_id`` longer than 256 characters or outside ``A-Z a-z 0-9 : _ - . /``, a naive timestamp,
+    ``timestamp_nanosecond`` outside ``0 .. 999``, ``tenant_id`` not an int in ``0 .. 2**63-1`` (``bool`` and
+    ``str`` refused), line breaks in a text field.
     """
 
     aggregate_id: str
@@ -191,29 +233,112 @@ class Envelope:
     event_version: int
     payload: bytes
     event_id: str = attrs.field(factory=new_event_id)
-    timestamp: _dt.datetime = attrs.field(factory=_utcnow, converter=_to_utc)
+    timestamp: _dt.datetime = attrs.field(factory=_utcnow)
+    timestamp_nanosecond: int = 0
     trace_id: str | None = None
     correlation_id: str | None = None
-    tenant_id: str | None = None
+    tenant_id: int | None = None
 
-    def __attrs_post_init__(self) -> None:
-        _check_text("event_id", self.event_id, required=True)
-        _check_text("event_type", self.event_type, required=True)
-        _check_text("aggregate_id", self.aggregate_id, required=True)
-        if not _AGGREGATE_ID_RE.fullmatch(self.aggregate_id):
-            raise InvalidEnvelopeError(
-                f"aggregate_id {self.aggregate_id[:40]!r} must be 1-256 characters from A-Z a-z 0-9 : _ - . /"
-            )
-        if isinstance(self.event_version, bool) or not isinstance(self.event_version, int):
-            raise InvalidEnvelopeError("event_version must be an int")
-        if not 0 < self.event_version < 2**63:
-            raise InvalidEnvelopeError(f"event_version must be > 0, got {self.event_version}")
-        if not isinstance(self.payload, bytes):
-            raise InvalidEnvelopeError(f"payload must be bytes, not {type(self.payload).__name__}")
-        if not self.payload:
-            raise InvalidEnvelopeError("payload must not be empty")
-        for name in ("trace_id", "correlation_id", "tenant_id"):
-            _check_text(name, getattr(self, name), required=False)
+    def __init__(
+        self,
+        *,
+        aggregate_id: str,
+        event_type: str,
+        event_version: int,
+        payload: bytes,
+        event_id: str | None = None,
+        timestamp: _dt.datetime | None = None,
+        timestamp_nanosecond: int = 0,
+        trace_id: str | None = None,
+        correlation_id: str | None = None,
+        tenant_id: int | None = None,
+    ) -> None:
+        # the common case costs a type test and a set lookup per field; anything unusual takes the full check
+        if type(aggregate_id) is not str or aggregate_id not in _known_aggregates:
+            _check_aggregate_id(aggregate_id)
+        if type(event_type) is not str or event_type not in _known_types:
+            _check_event_type(event_type)
+        if type(event_version) is not int or not 0 < event_version < _MAX_INT64:
+            _check_int("event_version", event_version, 1)
+        if type(payload) is not bytes or not payload:
+            if not isinstance(payload, bytes):
+                raise InvalidEnvelopeError(f"payload must be bytes, not {type(payload).__name__}")
+            if not payload:
+                raise InvalidEnvelopeError("payload must not be empty")
+        if event_id is None:
+            event_id = new_event_id()
+        else:
+            _check_text("event_id", event_id, required=True)
+        if timestamp is None:
+            timestamp = _now(_UTC)
+        elif type(timestamp) is not _dt.datetime or timestamp.tzinfo is not _UTC:
+            try:
+                timestamp = _to_utc(timestamp)
+            except OverflowError as exc:
+                raise InvalidEnvelopeError(f"timestamp {timestamp} is out of range in UTC") from exc
+        if timestamp_nanosecond and (type(timestamp_nanosecond) is not int or not 0 <= timestamp_nanosecond < 1000):
+            if isinstance(timestamp_nanosecond, bool) or not isinstance(timestamp_nanosecond, int):
+                raise InvalidEnvelopeError(
+                    f"timestamp_nanosecond must be an int, not {type(timestamp_nanosecond).__name__}"
+                )
+            if not 0 <= timestamp_nanosecond < 1000:
+                raise InvalidEnvelopeError(f"timestamp_nanosecond must be 0-999, got {timestamp_nanosecond}")
+        if trace_id is not None:
+            _check_text("trace_id", trace_id, required=False)
+        if correlation_id is not None:
+            _check_text("correlation_id", correlation_id, required=False)
+        if tenant_id is not None and (type(tenant_id) is not int or not 0 <= tenant_id < _MAX_INT64):
+            _check_int("tenant_id", tenant_id, 0)
+        _set_aggregate_id(self, aggregate_id)
+        _set_event_type(self, event_type)
+        _set_event_version(self, event_version)
+        _set_payload(self, payload)
+        _set_event_id(self, event_id)
+        _set_timestamp(self, timestamp)
+        _set_timestamp_nanosecond(self, timestamp_nanosecond)
+        _set_trace_id(self, trace_id)
+        _set_correlation_id(self, correlation_id)
+        _set_tenant_id(self, tenant_id)
+
+    @property
+    def timestamp_ns(self) -> int:
+        """``timestamp`` and ``timestamp_nanosecond`` as one integer: nanoseconds since the Unix epoch (as
+        ``time.time_ns()``)."""
+        delta = self.timestamp - _EPOCH
+        return (
+            (delta.days * 86_400 + delta.seconds) * 1_000_000_000
+            + delta.microseconds * 1000
+            + self.timestamp_nanosecond
+        )
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_ENVELOPE_FIELDS = (
+    "aggregate_id",
+    "event_type",
+    "event_version",
+    "payload",
+    "event_id",
+    "timestamp",
+    "timestamp_nanosecond",
+    "trace_id",
+    "correlation_id",
+    "tenant_id",
+)
+assert tuple(f.name for f in attrs.fields(Envelope)) == _ENVELOPE_FIELDS
+# The frozen class's slots, set directly (as attrs' own __init__ does through object.__setattr__, but cheaper).
+(
+    _set_aggregate_id,
+    _set_event_type,
+    _set_event_version,
+    _set_payload,
+    _set_event_id,
+    _set_timestamp,
+    _set_timestamp_nanosecond,
+    _set_trace_id,
+    _set_correlation_id,
+    _set_tenant_id,
+) = (vars(Envelope)[name].__set__ for name in _ENVELOPE_FIELDS)
 
 
 @attrs.frozen(slots=True, kw_only=True)

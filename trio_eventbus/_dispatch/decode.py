@@ -6,6 +6,9 @@ A raw subscription (``subscribe``) gets a :class:`~trio_eventbus.Message` built 
 decoded body (:func:`envelope_of`). A body that does not decode is not retried (it will never decode): the
 :class:`Undecodable` step counts it (``undecodable``) and hands it to the dead-letter step at once, with
 reason ``undecodable`` and the delivery's attempt count. The handler and the middleware never see it.
+
+A keyless delivery of an envelope subscription was decoded by the router already (:func:`key_from_body`), so
+:func:`envelope_of` finds it on ``Delivery.envelope`` and does not decode it again.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import attrs
 from .._abc import Delivery
 from .._codec import decode_envelope
 from .._envelope import Envelope, Message
+from .._exceptions import InvalidEnvelopeError
 from .dead_letter import DeadLetter
 from .settle import Counters
 
-__all__ = ["Decode", "Undecodable", "Value", "decoder", "envelope_of", "message_of"]
+__all__ = ["Decode", "Undecodable", "Value", "decoder", "envelope_of", "key_from_body", "message_of"]
 
 #: What a handler takes.
 Value = Message | Envelope
@@ -59,6 +63,23 @@ message_of = _message_of_builder()
 def envelope_of(delivery: Delivery) -> Envelope:
     """The :class:`Envelope` of ``delivery``; raises :class:`~trio_eventbus.InvalidEnvelopeError`."""
     return delivery.envelope or decode_envelope(delivery.body, delivery.headers)
+
+
+def key_from_body(delivery: Delivery) -> str | None:
+    """The key of a keyless envelope delivery: its body's ``aggregate_id``, or None when it does not decode.
+
+    Decodes once and keeps the envelope on ``delivery.envelope`` (what :func:`envelope_of` returns); sets
+    ``delivery.key`` to the aggregate id, so that parking, dead letters and the handler context see the key as
+    for an envelope that came with its headers.
+    """
+    envelope = delivery.envelope
+    if envelope is None:
+        try:
+            envelope = delivery.envelope = decode_envelope(delivery.body, delivery.headers)
+        except InvalidEnvelopeError:
+            return None  # stays keyless: the decode step dead-letters it
+    key = delivery.key = envelope.aggregate_id
+    return key
 
 
 def decoder(envelopes: bool) -> Decode:

@@ -126,7 +126,7 @@ class Dispatcher:
             context=context,
             describe=self._describe,
         )
-        return Subscription(topic, group, run, self.router, park)
+        return Subscription(topic, group, run, self.router, park, envelopes)
 
     async def _publish_dead_letter(
         self, topic: str, body: bytes, headers: Mapping[str, str], key: str | None, message_id: str | None

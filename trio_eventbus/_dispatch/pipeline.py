@@ -108,14 +108,16 @@ def compose(
 @attrs.define(slots=True, eq=False)
 class Subscription:
     """One (topic, group) subscription of a bus: its composed pipeline, and the backend's delivery sink;
-    ``park`` holds its parked keys (``DeadLetterPolicy(after="park")``, else ``None``)."""
+    ``park`` holds its parked keys (``DeadLetterPolicy(after="park")``, else ``None``); ``envelopes``: an
+    envelope subscription (keyless deliveries are keyed by their body's aggregate id, see :mod:`.router`)."""
 
     topic: str
     group: str
     run: Run
     router: Router
     park: Park | None = None
+    envelopes: bool = False
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> None:
         """Route each delivery to its lane (by key) or to the worker pool; waits while they are full."""
-        await self.router.route(self.run, deliveries)
+        await self.router.route(self.run, deliveries, self.envelopes)

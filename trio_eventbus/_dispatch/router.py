@@ -5,6 +5,13 @@ the work item ``(run, delivery)`` (``run`` is the subscription's composed pipeli
 lane of its key (:class:`~.lanes.KeyedLanes`: per-key order) or, keyless, on the worker pool
 (:class:`~.workers.WorkerPool`: no order). It counts redeliveries (``attempt > 1``).
 
+Keyless deliveries of an envelope subscription (``envelopes=True``; the Go services publish on NATS without
+any header, so their messages arrive without a key) are decoded here, once, before routing
+(:func:`~.decode.key_from_body`): the envelope's ``aggregate_id`` becomes the delivery's key, so they take
+their aggregate's lane like every keyed envelope, and the decoded envelope stays on ``Delivery.envelope`` for
+the decode step. A body that does not decode stays keyless and goes to the worker pool, where the decode step
+dead-letters it (reason ``undecodable``). Keyed deliveries are not touched.
+
 Backpressure: while a queue has room and the bytes fit a delivery is queued without awaiting; at a full queue
 ``route`` waits (the fetcher, hence the broker, waits with it) until the lane has drained to half its buffer.
 Bytes: ``len(body)`` of every delivery queued and not yet finished counts against one
@@ -26,6 +33,7 @@ import trio
 
 from .._abc import Delivery
 from .budget import ByteBudget
+from .decode import key_from_body
 from .lanes import KeyedLanes
 from .settle import Counters
 from .workers import WorkerPool
@@ -63,8 +71,9 @@ class Router:
         await self.lanes.start(nursery)
         await self.workers.start(nursery)
 
-    async def route(self, run: Run, deliveries: Sequence[Delivery]) -> None:
-        """Queue ``(run, delivery)`` for each delivery, in order, on its key's lane or the worker pool."""
+    async def route(self, run: Run, deliveries: Sequence[Delivery], envelopes: bool = False) -> None:
+        """Queue ``(run, delivery)`` for each delivery, in order, on its key's lane or the worker pool; with
+        ``envelopes``, a keyless delivery is keyed by its body's ``aggregate_id`` (see the module docstring)."""
         counters = self._counters
         by_key = self.lanes.by_key
         queue_of = self.lanes.queue_of
@@ -85,7 +94,7 @@ class Router:
                 await budget.acquire(size)
                 held = budget.held
             key = delivery.key
-            if key:
+            if key or (envelopes and (key := key_from_body(delivery))):
                 queue = by_key.get(key)
                 if queue is None:
                     queue = queue_of(key)
