@@ -18,7 +18,7 @@ import trio.testing
 import trio_asyncio
 import uvloop
 
-from trio_eventbus.backends._bridge import BatchPipe, Bridge, BridgeError, open_bridge
+from trio_eventbus.backends._bridge import BatchPipe, Bridge, BridgeError, LoopInbox, open_bridge
 
 # "thread" uses uvloop (installed here); "thread-asyncio" is the fallback loop when uvloop is missing.
 Kind = Literal["thread", "thread-asyncio", "trio-asyncio"]
@@ -400,6 +400,106 @@ async def test_pipe_keeps_fifo_order_and_wakes_trio_per_batch_not_per_item(kind:
     assert stats.closed
     assert stats.batches <= n // 50, stats  # typically 20: one per 500 items
     assert stats.trio_wakeups <= stats.batches + 1, stats  # +1: the wake-up that reports the close
+
+
+@each_kind
+@pytest.mark.trio
+async def test_inbox_keeps_order_and_batches_what_arrives_while_the_worker_is_busy(kind: Kind) -> None:
+    passes: list[list[int]] = []
+    gate = asyncio.Event()
+    started = Signal()
+
+    async def handler(items: list[int]) -> None:
+        passes.append(items)
+        started.set()
+        await gate.wait()  # the first pass holds the worker: later puts accumulate
+
+    with trio.fail_after(TIMEOUT):
+        async with bridge_for(kind) as bridge:
+            inbox: LoopInbox[int] = LoopInbox(bridge, handler)
+            inbox.put([0])
+            await started.wait()  # the first pass has started and waits at the gate
+            for i in range(1, 101):
+                inbox.put([i])
+            assert len(inbox) == 100
+            await bridge.run(_set, gate)
+            await bridge.run(inbox.wait_idle)
+    assert passes == [[0], list(range(1, 101))]
+    assert inbox.passes == 2
+
+
+async def _set(event: asyncio.Event) -> None:
+    event.set()
+
+
+@each_kind
+@pytest.mark.trio
+async def test_inbox_stop_cancels_the_running_pass_and_returns_what_is_buffered(kind: Kind) -> None:
+    cancelled: list[list[int]] = []
+    started = Signal()
+
+    async def handler(items: list[int]) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(items)
+            raise
+
+    with trio.fail_after(TIMEOUT):
+        async with bridge_for(kind) as bridge:
+            inbox: LoopInbox[int] = LoopInbox(bridge, handler)
+            inbox.put([1, 2])
+            await started.wait()
+            inbox.put([3, 4])
+            left = await bridge.run(inbox.stop)
+            inbox.put([5])  # after stop: buffered, never handled
+            await bridge.run(noop)
+            assert inbox.take_all() == [5]
+    assert cancelled == [[1, 2]]
+    assert left == [3, 4]
+
+
+@each_kind
+@pytest.mark.trio
+async def test_inbox_handler_failure_fails_the_bridge_instead_of_hanging(kind: Kind) -> None:
+    async def handler(items: list[int]) -> None:
+        raise ValueError(f"handler broke on {items}")
+
+    async def put_and_wait() -> None:
+        async with open_kind(kind) as bridge:
+            LoopInbox(bridge, handler).put([7])
+            await trio.sleep_forever()  # cancelled by the failure
+
+    with trio.fail_after(TIMEOUT):
+        async with loop_for(kind):
+            with pytest.raises(ValueError, match=r"handler broke on \[7\]"):
+                await put_and_wait()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("eager", [True, False])
+async def test_eager_pipe_wakes_trio_from_the_put_itself(eager: bool) -> None:
+    """eager_wake: Trio gets the item while the loop's step that put it is still running (thread kind)."""
+    received = threading.Event()
+
+    async def put_then_hold_the_loop(pipe: BatchPipe[int]) -> bool:
+        pipe.put_nowait(1)
+        return received.wait(timeout=5.0 if eager else 0.2)  # blocks the loop: only an eager wake-up reaches Trio
+
+    with trio.fail_after(TIMEOUT):
+        async with bridge_for("thread") as bridge:
+            pipe: BatchPipe[int] = BatchPipe(bridge, capacity=10, eager_wake=eager)
+            async with trio.open_nursery() as nursery:
+
+                async def receive() -> None:
+                    assert await pipe.receive_batch(10) == [1]
+                    received.set()
+
+                nursery.start_soon(receive)
+                await trio.testing.wait_all_tasks_blocked()  # parked in receive_batch
+                got_it_in_time = await bridge.run(put_then_hold_the_loop, pipe)
+    assert got_it_in_time == eager
 
 
 @each_kind

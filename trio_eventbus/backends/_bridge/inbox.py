@@ -8,7 +8,8 @@ loop sees few large batches, an idle one gets each item after one hop, and Trio 
 
 Ordering: items reach ``handler`` in ``put`` order, one call at a time. Backpressure is the caller's job (the
 bus's publish window bounds what can be buffered). ``handler`` must not raise: an exception is a bug and
-fails the bridge. Cancellation (the bridge closing) may leave items buffered: :meth:`take_all` hands them back.
+fails the bridge. Cancellation (the bridge closing, or :meth:`stop`) may leave items buffered: :meth:`take_all`
+(or :meth:`stop`) hands them back.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ class LoopInbox(Generic[T]):
             raise
 
     def _start(self) -> None:  # loop thread
-        self._task = asyncio.ensure_future(self._work())
+        self._task = task = asyncio.ensure_future(self._work())
+        task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Future[None]) -> None:  # loop thread
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._bridge._fail(exc)  # a handler that raised is a bug: fail the bridge, never hang silently
 
     async def _work(self) -> None:  # loop thread: the only worker
         while True:
@@ -81,6 +87,17 @@ class LoopInbox(Generic[T]):
                     self._idle = asyncio.Event()
                 idle = self._idle
             await idle.wait()
+
+    async def stop(self) -> list[T]:
+        """Loop thread: cancel the worker (the ``handler`` call it is in sees ``CancelledError``), wait for it to
+        end, and return what is still buffered. A later :meth:`put` only buffers (nothing takes it)."""
+        with self._lock:
+            self._scheduled = True  # put() posts no new worker pass from now on
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])  # not `await task`: its cancellation is not ours
+        return self.take_all()
 
     def take_all(self) -> list[T]:
         """Any thread: remove and return what is still buffered (after the loop stopped working on it)."""

@@ -5,15 +5,16 @@ bridge in batches: one crossing per publish batch, one Trio wake-up per fetch ba
 batch; pause/resume and rebalance answers are fire-and-forget posts.
 
 Publishing
-    ``send`` hands the whole batch to the idempotent producer in ONE crossing and returns without waiting
-    for acks: the records go into one aiokafka record batch per partition (see
-    :mod:`trio_eventbus.backends.kafka.publish`), in publish order, so one key's messages keep their order.
-    When a crossing's partition batches are acknowledged, their outcomes come back as one list of
-    :class:`~trio_eventbus.Outcome` through a :class:`BatchPipe`; the ack-handler task forwards them to the
-    bus. The record key is ``OutgoingMessage.key`` (murmur2 partitioning, as the Java client: one key, one
-    partition); headers go as given (UTF-8 values); a ``message_id`` that is not the envelope's
-    ``X-Event-ID`` travels in an ``X-Message-ID`` header. While a partition's previous batch has not left,
-    ``send`` waits in asyncio: that is backpressure on the bus's publisher task. Broker failures become
+    ``send`` queues the batch for the idempotent producer and returns: no round trip (at most one posted
+    crossing per loop pass, carrying everything queued meanwhile); on the loop the records go into one
+    aiokafka record batch per partition (see :mod:`trio_eventbus.backends.kafka.publish`), in publish order,
+    so one key's messages keep their order. When a submit's partition batches are acknowledged, their
+    outcomes come back as one list of :class:`~trio_eventbus.Outcome` through a :class:`BatchPipe`; the
+    ack-handler task forwards them to the bus. The record key is ``OutgoingMessage.key``, placed by
+    ``KafkaConfig.partitioner`` (murmur2 as the Java client, or FNV-1a as Go's sarama: one key, one
+    partition); headers go as given (UTF-8 values); a ``message_id`` travels in an ``X-Message-ID`` header.
+    While a partition's previous batch has not left, the loop's submit waits and later batches stay queued:
+    the bus's publish window (slots are freed by outcomes) is the backpressure. Broker failures become
     :class:`PublishError` outcomes (:class:`MessageTooLargeError` for oversized records; the native error
     in ``__cause__``); a broker that is away delays outcomes up to ``request_timeout_ms``.
 
@@ -90,7 +91,7 @@ from .consume import GroupConsumer
 from .partition import Partition
 from .publish import AioPublisher
 from .stats import KafkaStatistics
-from .wire import KAFKA_ERRORS, KAFKA_TOPIC_ERRORS
+from .wire import KAFKA_ERRORS, KAFKA_TOPIC_ERRORS, PARTITIONERS
 
 __all__ = ["KafkaBackend", "KafkaConfig"]
 
@@ -263,9 +264,9 @@ class KafkaBackend:
                     await group.close()
                 except (KafkaError, BridgeError) as exc:
                     logger.warning("closing kafka consumer group %r failed: %r", group.name, exc)
-            if self._producer is not None:
+            if self._publisher is not None:
                 try:
-                    await bridge.run(self._producer.flush)
+                    await bridge.run(self._publisher.flush)
                 except (KafkaError, BridgeError) as exc:
                     logger.warning("kafka producer flush failed: %r", exc)
             self._ack_scope.cancel()  # the ack handler holds no batch when cancelled (see _forward)
@@ -294,7 +295,14 @@ class KafkaBackend:
             raise
         self._producer, self._admin = producer, admin
         assert self._acks is not None
-        self._publisher = AioPublisher(producer, self._acks, self._producer_kw["max_request_size"])
+        assert self._bridge is not None
+        self._publisher = AioPublisher(
+            self._bridge,
+            producer,
+            self._acks,
+            self._producer_kw["max_request_size"],
+            PARTITIONERS[self.config.partitioner],
+        )
 
     async def _unavailable(self, bridge: Bridge, exc: BaseException) -> BackendUnavailable:
         """Find the real reason of a failed start (aiokafka logs it but raises "Unable to bootstrap")."""
@@ -365,6 +373,8 @@ class KafkaBackend:
         close the ack pipe last, so every outcome the producer reports is in it."""
         self._clients_stopped = True
         try:
+            if self._publisher is not None:
+                await self._publisher.stop()  # fails what it never handed to the producer
             if self._producer is not None:
                 await self._producer.stop()
             for group in list(self._groups.values()):
@@ -407,20 +417,14 @@ class KafkaBackend:
     # -- publishing ------------------------------------------------------------------------------------
 
     async def send(self, batch: Sequence[OutgoingMessage]) -> None:
-        """Hand ``batch`` to the producer in one crossing; outcomes follow through the ack handler.
-
-        Waits (in asyncio) while the producer's buffer is full. Cancelled, it stops submitting: messages
-        already handed over still get their broker outcome, the rest a failed outcome.
-        """
-        bridge, publisher = self._bridge, self._publisher
-        if bridge is None or publisher is None or self._state != "running":
+        """Queue ``batch`` for the producer (see :mod:`.publish`); never waits for the loop. Outcomes follow
+        through the ack handler, exactly one per message (failed ones for what the close finds unsubmitted)."""
+        publisher = self._publisher
+        if publisher is None or self._state != "running":
             raise BusClosedError("the kafka backend is not running")
+        publisher.send(batch)  # BridgeError if the loop is gone: the bus reports the whole batch as failed
         self._submitted += len(batch)
-        try:
-            await bridge.run(publisher.submit, batch)
-        except BridgeError:
-            self._submitted -= len(batch)  # the bus reports the whole batch as failed
-            raise
+        await trio.lowlevel.checkpoint()
 
     # -- topics ----------------------------------------------------------------------------------------
 

@@ -32,11 +32,14 @@ __all__ = ["KafkaConfig"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Compression = Literal["gzip", "snappy", "lz4", "zstd"]
+#: How the producer places a keyed record on a partition (see ``KafkaConfig``, "Partitioner").
+Partitioner = Literal["murmur2", "fnv1a"]
 
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _COMPRESSIONS = ("gzip", "snappy", "lz4", "zstd")
 _BRIDGES = ("auto", "thread", "trio-asyncio")
+_PARTITIONERS = ("murmur2", "fnv1a")
 #: Options the backend sets itself: passing them through client_options would break its guarantees.
 _RESERVED = frozenset(
     {
@@ -128,6 +131,23 @@ class KafkaConfig:
         (bytes per partition batch), ``max_request_size`` and ``request_timeout_ms`` (also how long a publish
         may wait for a broker that is away before it fails).
 
+    Partitioner
+        ``partitioner`` decides which partition a keyed record goes to; per-key order holds only among
+        producers that place keys the same way, so pick the function of the other producers on the topic:
+
+        * ``"murmur2"`` (default): murmur2 of the key, ``& 0x7fffffff``, modulo the partition count: the Java
+          client's, aiokafka's ``DefaultPartitioner`` and kafka-python's. librdkafka producers
+          (confluent-kafka, ...) match it with their setting ``partitioner=murmur2_random``.
+        * ``"fnv1a"``: FNV-1a 32 of the key as Go's sarama default hash partitioner computes it
+          (``|int32(h) % n|``): the Go services (jxt-core on sarama) and librdkafka producers with
+          ``partitioner=fnv1a_random`` (or ``fnv1a``), which librdkafka made sarama-compatible.
+
+        librdkafka's own default, ``consistent_random`` (CRC32), matches neither: set one of the two above on
+        those producers. Keyless records go to a random available partition (one per topic and publish batch)
+        whichever is chosen. The key is the ``key`` given to ``publish`` (the aggregate id for envelopes), in
+        UTF-8. The same function applies to every topic of the bus; changing it moves keys between
+        partitions, so per-key order across the change is not kept.
+
     Consumer
         ``fetch_min_bytes``, ``fetch_max_bytes``, ``fetch_max_wait_ms``, ``max_partition_fetch_bytes``,
         ``max_poll_records`` (records per fetch batch crossing the bridge), ``session_timeout_ms``,
@@ -179,6 +199,7 @@ class KafkaConfig:
     max_batch_size: int = attrs.field(default=65536, validator=_pos)
     max_request_size: int = attrs.field(default=1048576, validator=_pos)
     request_timeout_ms: int = attrs.field(default=40000, validator=_pos)
+    partitioner: Partitioner = attrs.field(default="murmur2", validator=_one_of(*_PARTITIONERS))
 
     fetch_min_bytes: int = attrs.field(default=1, validator=_pos)
     fetch_max_bytes: int | None = attrs.field(default=None, validator=v.optional(_pos))
@@ -227,6 +248,12 @@ class KafkaConfig:
         for options in (self.client_options, self.producer_options, self.consumer_options):
             if reserved := sorted(_RESERVED.intersection(options)):
                 raise InvalidOptionError(f"client options {reserved} are set by the backend and cannot be passed")
+            if "partitioner" in options:  # aiokafka's would be ignored: the backend partitions records itself
+                raise InvalidOptionError(
+                    "client option 'partitioner' is not used by the backend: set KafkaConfig.partitioner "
+                    "('murmur2' or 'fnv1a')",
+                    field="partitioner",
+                )
 
     @property
     def effective_pause_threshold(self) -> int:

@@ -150,7 +150,8 @@ class GroupConsumer:
         self._commit_interval = commit_interval
         self._commit_batch = commit_batch
         self._drain_timeout = drain_timeout
-        self._pipe: BatchPipe[Item] = BatchPipe(bridge, _PIPE_ITEMS)
+        # one put per fetch batch: nothing to coalesce, so wake Trio at once rather than after the loop's step
+        self._pipe: BatchPipe[Item] = BatchPipe(bridge, _PIPE_ITEMS, eager_wake=True)
         self._aio: AioGroup | None = None
         self._sinks: dict[str, DeliverySink] = {}
         self._parts: dict[TopicPartition, Partition] = {}

@@ -1,23 +1,31 @@
-"""The asyncio side of Kafka publishing: one publish batch → one record batch per partition → outcomes.
+"""The Kafka publishing path: bus publish batches → one record batch per partition → outcomes.
 
-:meth:`AioPublisher.submit` runs inside ONE bridge crossing per bus publish batch. It does what
-``AIOKafkaProducer.send`` does per message (serialize, check the size, partition with the default
-partitioner: murmur2 of the key, like the Java client), but appends the records to one aiokafka
+:meth:`AioPublisher.send` (Trio thread) queues a bus publish batch in a :class:`LoopInbox` and returns at once:
+no round trip. The inbox's one worker on the asyncio loop takes everything queued meanwhile (several bus
+batches when the loop is busy, one otherwise) and runs :meth:`AioPublisher.submit` on it. ``submit`` does what
+``AIOKafkaProducer.send`` does per message (serialize, check the size, partition: a keyed record with the
+function ``KafkaConfig.partitioner`` names, murmur2 as the Java client or FNV-1a as Go's sarama, remembered per
+key and topic; a keyless one on a random available partition), but appends the records to one aiokafka
 ``BatchBuilder`` per partition and hands each builder over with ``send_batch``: one future and one callback
 per partition instead of one coroutine, one future and one callback per message. The producer's idempotence
 (sequence numbers per partition batch) applies unchanged.
 
-Ordering: records of one partition are appended in publish order and their builders submitted in that order
-(aiokafka keeps one queue per partition), so one key's messages are stored in publish order.
+Ordering: the worker submits in ``send`` order, one submit at a time; records of one partition are appended in
+publish order and their builders handed over in that order (aiokafka keeps one queue per partition), so one
+key's messages are stored in publish order.
 
 Backpressure: ``send_batch`` waits while the partition's previous batch has not left for the broker (and fails
-with ``KafkaTimeoutError`` after ``request_timeout_ms``): the bus's publisher task waits with it.
+with ``KafkaTimeoutError`` after ``request_timeout_ms``): the worker waits with it, and what the bus sends
+meanwhile stays queued in the inbox. The bus's publish window bounds that queue (a message's window slot is
+freed only by its outcome), so the Trio side never waits for the loop.
 
 Outcomes: every message of a builder shares the builder's delivery future; when all futures of one submit are
 resolved, :class:`_AckBatch` puts one list of :class:`Outcome` into the outcome pipe, in submit order: one
 Outcome for the whole submit when every message was stored, else one per message (failures translated).
-Cancelled, ``submit`` stops: builders already handed over still report, every other message of the batch gets
-a failed outcome — never none, never two.
+Exactly one outcome per message, never none, never two: a failure inside ``submit`` fails the messages it had
+not handed over; :meth:`AioPublisher.stop` (the backend's close, on the loop) cancels the worker — builders
+already handed over still report, every other message of its submit gets a failed outcome — and fails what is
+still queued.
 """
 
 from __future__ import annotations
@@ -30,13 +38,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ..._abc import Outcome, OutgoingMessage
 from ..._exceptions import PublishError
-from .._bridge import BatchPipe, BridgeError
-from .wire import H_MESSAGE_ID, publish_error
+from .._bridge import BatchPipe, Bridge, BridgeError, LoopInbox
+from .wire import H_MESSAGE_ID, KeyPartitioner, publish_error
 
 __all__ = ["AioPublisher"]
 
@@ -44,7 +51,6 @@ logger = logging.getLogger("trio_eventbus.kafka")
 
 _KEY_CACHE_LIMIT = 1 << 16  # remembered key -> partition mappings per topic
 _estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
-_partitioner = DefaultPartitioner()
 
 
 class _AckBatch:
@@ -115,11 +121,46 @@ class _Topic:
 class AioPublisher:
     """Turns bus publish batches into partition batches of one producer (runs on the bridge's loop)."""
 
-    def __init__(self, producer: AIOKafkaProducer, outcomes: BatchPipe[list[Outcome]], max_request_size: int):
+    def __init__(
+        self,
+        bridge: Bridge,
+        producer: AIOKafkaProducer,
+        outcomes: BatchPipe[list[Outcome]],
+        max_request_size: int,
+        partitioner: KeyPartitioner,
+    ):
         self._producer = producer
+        self._partitioner = partitioner
         self._outcomes = outcomes
         self._max_size = max_request_size
         self._topics: dict[str, _Topic] = {}
+        self._inbox: LoopInbox[OutgoingMessage] = LoopInbox(bridge, self.submit)
+
+    @property
+    def queued(self) -> int:
+        """Messages given to :meth:`send` that no submit has taken yet."""
+        return len(self._inbox)
+
+    def send(self, batch: Sequence[OutgoingMessage]) -> None:
+        """Trio thread: queue ``batch`` for submitting, in order; never waits (:class:`BridgeError` if the bridge
+        is closed). Every message gets exactly one outcome through the outcome pipe."""
+        self._inbox.put(batch)
+
+    async def flush(self) -> None:
+        """Loop thread: wait until every message sent so far was submitted, then until the producer sent it."""
+        await self._inbox.wait_idle()
+        await self._producer.flush()
+
+    async def stop(self) -> None:
+        """Loop thread, at close: cancel the worker (its submit fails what it had not handed over) and fail what
+        is still queued. Call before the producer stops and the outcome pipe closes."""
+        left = await self._inbox.stop()
+        if left:
+            error = PublishError("the kafka backend closed before the message was handed to the producer")
+            acks = _AckBatch(self._outcomes, [msg.seq for msg in left])
+            for msg in left:
+                acks.fail(msg.seq, error)
+            acks.seal()
 
     async def _partitions(self, topic: str, fresh: dict[str, tuple[_Topic, list[int]]]) -> tuple[_Topic, list[int]]:
         """(topic state, available partitions), metadata checked once per topic and submit."""
@@ -183,7 +224,7 @@ class AioPublisher:
                 elif (cached := state.keys.get(key)) is not None:
                     partition = cached
                 else:
-                    partition = state.keys[key] = _partitioner(key, state.partitions, available)
+                    partition = state.keys[key] = self._partitioner(key, state.partitions)
                 slot = (topic, partition)
                 entry = open_batches.get(slot)
                 if entry is None:
@@ -203,14 +244,31 @@ class AioPublisher:
                 del open_batches[slot]
                 await self._send(entry, slot, acks)
         except asyncio.CancelledError:  # the bus is stopping: what was not handed over fails
-            stopped = PublishError("publish cancelled: the bus stopped before the message reached kafka")
-            for _, seqs in open_batches.values():
-                for seq in seqs:
-                    acks.fail(seq, stopped)
-            for msg in batch[done:]:
-                acks.fail(msg.seq, stopped)
+            self._fail_rest(acks, open_batches, batch[done:], None)
+            raise
+        except Exception as exc:  # a bug or an unexpected client error: fail the rest, keep the worker alive
+            logger.error("kafka submit failed, %d messages fail with it", len(batch) - done, exc_info=True)
+            self._fail_rest(acks, open_batches, batch[done:], exc)
         finally:
             acks.seal()
+
+    @staticmethod
+    def _fail_rest(
+        acks: _AckBatch,
+        open_batches: dict[tuple[str, int], tuple[Any, list[int]]],
+        rest: Sequence[OutgoingMessage],
+        exc: BaseException | None,
+    ) -> None:
+        error = (
+            PublishError("publish cancelled: the bus stopped before the message reached kafka")
+            if exc is None
+            else publish_error(exc)
+        )
+        for _, seqs in open_batches.values():
+            for seq in seqs:
+                acks.fail(seq, error)
+        for msg in rest:
+            acks.fail(msg.seq, error)
 
     async def _send(self, entry: tuple[Any, list[int]], slot: tuple[str, int], acks: _AckBatch) -> None:
         builder, seqs = entry
