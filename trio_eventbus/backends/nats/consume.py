@@ -66,14 +66,16 @@ import trio
 
 from ..._abc import Delivery, DeliverySink
 from .._bridge import BatchPipe, Bridge, BridgeError
+from .protocol import Wire, wire_for
 from .stats import NatsSubscriptionStatistics
 from .wire import PROGRESS, ack_info, to_delivery
 
-__all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Source", "Subscription", "Window"]
+__all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Received", "Source", "Subscription", "Window"]
 
 logger = logging.getLogger("trio_eventbus.nats")
 _REQUEST_GRACE = 0.5  # seconds past a pull request's expiry after which it is forgotten
 _WARN_EVERY = 10.0  # seconds between two warnings about redeliveries of held messages
+_PROGRESS_CHUNK = 1024  # progress acks per write
 #: 409s that end a request normally: its max_bytes is used up (the next message did not fit), or it was filled
 #: (the server says so for requests with max_bytes)
 _NORMAL_409 = frozenset({"Message Size Exceeds MaxBytes", "Batch Completed"})
@@ -235,6 +237,17 @@ class Window:
         self.held = 0
 
 
+class Received:
+    """A message received on a puller's inbox, kept back for now (by a pinned puller's gate)."""
+
+    __slots__ = ("data", "headers", "reply")
+
+    def __init__(self, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        self.reply = reply
+        self.data = data
+        self.headers = headers
+
+
 class _Request:
     __slots__ = ("expires_at", "remaining")
 
@@ -299,6 +312,7 @@ class Puller:
         self._settled = sub.settled
         self._recover = recover
         self._inbox = ""
+        self._wire: Wire | None = None
         self._nsub: Any = None
         self._requests: dict[str, _Request] = {}  # reply subject -> live request, oldest first
         self._request_ids = itertools.count()
@@ -318,14 +332,15 @@ class Puller:
         self._heard_at = asyncio.get_running_loop().time()
         self._progress_due = self._heard_at + self._progress_every
         self._inbox = self._nc.new_inbox()
-        self._nsub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_msg)
+        self._wire = wire_for(self._nc)
+        self._nsub = await self._wire.subscribe(self._inbox + ".*", self._on_msg)
         self._pulling = True
         await self._pull()
 
-    async def _on_msg(self, msg: Any) -> None:
-        reply = msg.reply
+    def _on_msg(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        """A message or status on the inbox (loop thread, inline in the connection's reader: never blocks)."""
         if not reply:
-            self._on_status(msg.subject, msg.headers or {})
+            self._on_status(subject, headers or {})
             return
         self.received += 1
         for request in self._requests.values():
@@ -333,30 +348,38 @@ class Puller:
                 request.remaining -= 1
                 self.outstanding -= 1
                 break
-        if self.pinned and not self._admit(msg, reply):
+        if self.pinned and not self._admit(reply, data, headers):
             return
-        await self._deliver(msg, reply)
+        self._deliver(reply, data, headers)
         if self.outstanding == 0:
             self._schedule_pull()
 
-    def _admit(self, msg: Any, reply: str) -> bool:
+    def _admit(self, reply: str, data: bytes, headers: dict[str, str] | None) -> bool:
         """A pinned puller's check of an arrival (``False``: it keeps the message for now)."""
         return True
 
-    async def _deliver(self, msg: Any, reply: str) -> None:
+    def _deliver(self, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         """Route one received message into the pipe (or drop / settle a redelivery of one held here)."""
         attempt, seq = ack_info(reply)
         if seq in self._out:  # redelivered while still held here: the held one is acked/kept alive instead
             self._redelivered(seq)
         elif seq in self._settled:  # redelivered while its ack was on the way: settle the copy the same way
             self._redelivered(seq)
-            await self._nc.publish(reply, self._settled[seq])
+            self._spawn(self._resettle(reply, self._settled[seq]))
         else:
             self.window.held += 1
             token = JsToken(reply, seq, self._sub, self._out)
             if seq:
                 self._out[seq] = token
-            self._pipe.put_nowait(to_delivery(self._topic, msg.data, msg.headers, attempt, token))
+            self._pipe.put_nowait(to_delivery(self._topic, data, headers, attempt, token))
+
+    async def _resettle(self, reply: str, payload: bytes) -> None:
+        await self._send([(reply, payload)])
+
+    async def _send(self, messages: list[tuple[str, bytes]]) -> int:
+        """Publish settlements or progress acks (one write; see :mod:`.protocol`); how many failed."""
+        assert self._wire is not None
+        return await self._wire.publish_many(messages)
 
     def _redelivered(self, seq: int) -> None:
         self.redelivered_held += 1
@@ -501,12 +524,14 @@ class Puller:
         backlog waiting in a lane is not redelivered while it waits.
         """
         try:
-            publish = self._nc.publish
-            for token in list(self._out.values()):
-                await publish(token.reply, PROGRESS)
-                self.progress_acks += 1
-        except Exception as exc:  # connection lost: the server may redeliver; recognised by sequence
-            logger.debug("progress acks for %r not sent: %r", self._topic, exc)
+            tokens = list(self._out.values())
+            for i in range(0, len(tokens), _PROGRESS_CHUNK):
+                chunk = [(token.reply, PROGRESS) for token in tokens[i : i + _PROGRESS_CHUNK]]
+                failed = await self._send(chunk)
+                self.progress_acks += len(chunk) - failed
+                if failed:  # connection lost: the server may redeliver; recognised by sequence
+                    logger.debug("%d progress acks for %r not sent", failed, self._topic)
+                    break
         finally:
             self._progressing = False
 
@@ -551,9 +576,9 @@ class Puller:
                     pass
             for task in list(self._tasks):
                 task.cancel()
-            if self._nsub is not None:
+            if self._nsub is not None and self._wire is not None:
                 try:
-                    await self._nsub.unsubscribe()
+                    await self._wire.unsubscribe(self._nsub)
                 except Exception as exc:
                     logger.debug("unsubscribing the inbox of %r failed: %r", self._topic, exc)
         finally:
@@ -569,20 +594,22 @@ class CoreListener:
         self._sub = sub
         self._pipe = sub.pipe
         self._flush_timeout = flush_timeout
+        self._wire: Wire | None = None
         self._nsub: Any = None
         self.stopping = False
         self.received = self.dropped = 0
 
     async def start(self) -> None:
-        self._nsub = await self._nc.subscribe(self._sub.topic, queue=self._sub.group, cb=self._on_msg)
+        self._wire = wire_for(self._nc)
+        self._nsub = await self._wire.subscribe(self._sub.topic, self._on_msg, queue=self._sub.group)
         await self._nc.flush(self._flush_timeout)  # the server knows the interest before subscribe returns
 
-    async def _on_msg(self, msg: Any) -> None:
+    def _on_msg(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         if self.stopping:
             return
         self.received += 1
         token = CoreToken(self._sub)
-        if not self._pipe.put_nowait(to_delivery(self._sub.topic, msg.data, msg.headers, 1, token)):
+        if not self._pipe.put_nowait(to_delivery(self._sub.topic, data, headers, 1, token)):
             self.dropped += 1
 
     def credit(self, n: int) -> None:
@@ -597,8 +624,8 @@ class CoreListener:
     async def stop(self) -> None:
         self.stopping = True
         try:
-            if self._nsub is not None:
-                await self._nsub.unsubscribe()
+            if self._nsub is not None and self._wire is not None:
+                await self._wire.unsubscribe(self._nsub)
         except Exception as exc:
             logger.debug("unsubscribing from %r failed: %r", self._sub.topic, exc)
         finally:
