@@ -48,14 +48,15 @@ def locate_natscli() -> str | None:
     return str(binary) if ready and os.access(binary, os.X_OK) else None
 
 
-def nats_bench(cli: str, url: str, count: int, *, body: int = 256) -> dict[str, float]:
-    """``nats bench`` end to end (publisher and fetch consumer at once), then publish alone and fetch alone."""
+def nats_bench(cli: str, url: str, count: int, *, body: int = 256, alone: bool = True) -> dict[str, float]:
+    """``nats bench`` end to end (publisher and fetch consumer at once), then (``alone``) publish alone and fetch
+    alone."""
     base = [cli, "--server", url, "--no-context"]
     common = ["--msgs", str(count), "--size", f"{body}B", "--no-progress"]
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="teb-natsbench-") as tmp:
-        for run in ("e2e", "alone"):
+        for run in ("e2e", "alone") if alone else ("e2e",):
             stream, subject = f"teb-natsbench-{run}-{tag}", f"teb.natsbench.{run}.{tag}"
             _run([*base, "stream", "add", stream, "--subjects", subject, "--storage", "file", "--defaults"])
             try:
