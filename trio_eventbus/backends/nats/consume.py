@@ -312,6 +312,8 @@ class Puller:
         self._settled = sub.settled
         self._recover = recover
         self._inbox = ""
+        self._arrived: list[Delivery] = []  # routed, not yet in the pipe (one put per reader pass)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wire: Wire | None = None
         self._nsub: Any = None
         self._requests: dict[str, _Request] = {}  # reply subject -> live request, oldest first
@@ -332,6 +334,7 @@ class Puller:
         self._heard_at = asyncio.get_running_loop().time()
         self._progress_due = self._heard_at + self._progress_every
         self._inbox = self._nc.new_inbox()
+        self._loop = asyncio.get_running_loop()
         self._wire = wire_for(self._nc)
         self._nsub = await self._wire.subscribe(self._inbox + ".*", self._on_msg)
         self._pulling = True
@@ -371,7 +374,18 @@ class Puller:
             token = JsToken(reply, seq, self._sub, self._out)
             if seq:
                 self._out[seq] = token
-            self._pipe.put_nowait(to_delivery(self._topic, data, headers, attempt, token))
+            if not self._arrived and self._loop is not None:
+                self._loop.call_soon(self._flush_arrived)  # after this reader pass: one put, one wake-up
+            self._arrived.append(to_delivery(self._topic, data, headers, attempt, token))
+
+    def _flush_arrived(self) -> None:
+        """Put what arrived into the pipe (loop thread; after each reader pass, and before the pipe closes)."""
+        arrived, self._arrived = self._arrived, []
+        if arrived:
+            try:
+                self._pipe.put_all_nowait(arrived)  # the pipe's capacity is far above the pull window
+            except BridgeError:  # closed: they were not routed; JetStream redelivers them after ack_wait
+                logger.warning("%d messages of %r arrived after its pipe closed", len(arrived), self._topic)
 
     async def _resettle(self, reply: str, payload: bytes) -> None:
         await self._send([(reply, payload)])
@@ -582,6 +596,7 @@ class Puller:
                 except Exception as exc:
                     logger.debug("unsubscribing the inbox of %r failed: %r", self._topic, exc)
         finally:
+            self._flush_arrived()
             if self._owns_pipe:
                 self._pipe.close()
 

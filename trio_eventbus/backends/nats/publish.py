@@ -77,6 +77,7 @@ class Publisher:
         self.pipe: BatchPipe[Outcome] = BatchPipe(bridge, _UNBOUNDED)
         self._inbox: LoopInbox[WireItem] = LoopInbox(bridge, self._publish_batch)
         self._prefix = ""
+        self._acks: list[Outcome] = []  # outcomes of PubAcks, put into the pipe once per reader pass
         self._inflight: dict[int, float] = {}  # seq -> deadline, awaiting a PubAck (loop thread)
         self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
         self._space: asyncio.Event | None = None
@@ -252,11 +253,8 @@ class Publisher:
         now.append(Outcome(seqs, translate_exception(exc, NATS_PUBLISH_ERRORS, f"{what} refused")))
 
     def _emit(self, outcomes: list[Outcome]) -> None:
-        if self._closed:
-            return
-        put = self.pipe.put_nowait
-        for outcome in outcomes:
-            put(outcome)
+        if not self._closed and outcomes:
+            self.pipe.put_all_nowait(outcomes)
 
     def _on_ack(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         """A PubAck (or error) on the ack inbox (loop thread, inline in the connection's reader)."""
@@ -274,8 +272,14 @@ class Publisher:
         else:
             self.failed += 1
         if not self._closed:
-            self.pipe.put_nowait(Outcome((seq,), error))
+            if not self._acks:
+                asyncio.get_running_loop().call_soon(self._flush_acks)  # after this reader pass: one put
+            self._acks.append(Outcome((seq,), error))
         self._freed()
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        self._emit(acks)
 
     def _freed(self) -> None:
         if self._space is not None and len(self._inflight) < self._max_pending:
@@ -324,6 +328,7 @@ class Publisher:
     def close_pipe(self) -> None:
         """No more outcomes: :meth:`forward` ends once it delivered the buffered ones."""
         if not self._closed:
+            self._flush_acks()
             self._closed = True
             self.pipe.close()
 
