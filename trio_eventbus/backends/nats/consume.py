@@ -11,7 +11,9 @@ subscription; a new request of at least ``fetch_batch / 2`` goes out when the bu
 a request ends. Bytes bound what is in flight: each request brings at most ``b`` bytes
 (``NatsConfig.fetch_max_bytes``, at least the server's ``max_payload`` plus framing, so one message always
 fits), and only a few requests are outstanding, far below the server's 64 MiB slow-consumer limit. Received
-messages become :class:`Delivery` values on the loop and go into a :class:`BatchPipe`; the Trio fetcher
+messages are handled inline by the connection's reader (:mod:`.protocol`: no nats-py ``Msg``, queue or task per
+message), become :class:`Delivery` values on the loop and go into a :class:`BatchPipe` once per reader pass (one
+put and at most one wake-up of Trio for everything one read brought); the Trio fetcher
 (:meth:`Subscription.fetch`) takes everything buffered in one wake-up (up to ``fetch_batch``), hands it to the
 bus's sink and then returns the credit (a fire-and-forget crossing per ``fetch_batch / 4`` messages).
 ``attempt`` is JetStream's delivery count from the ack subject.

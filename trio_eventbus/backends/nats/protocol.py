@@ -33,7 +33,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["Handler", "Wire", "command", "parse_headers", "wire_for"]
+__all__ = ["Handler", "PayloadTooLarge", "Wire", "command", "parse_headers", "wire_for"]
 
 logger = logging.getLogger("trio_eventbus.nats")
 
@@ -237,11 +237,22 @@ def _protocol_error() -> Exception:
     return ProtocolError("nats: malformed MSG")
 
 
-def command(subject: str, reply: str, body: bytes, headers: Mapping[str, str] | None) -> bytes:
+class PayloadTooLarge(ValueError):
+    """The message's header block and body together pass the server's ``max_payload`` (``size`` bytes)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes with the header block")
+        self.size = size
+
+
+def command(
+    subject: str, reply: str, body: bytes, headers: Mapping[str, str] | None, limit: int | None = None
+) -> bytes:
     """The ``PUB``/``HPUB`` command of one message, byte for byte what nats-py's ``publish`` writes.
 
-    Raises ``ValueError`` for a subject or reply that would break the protocol line, or a header name that
-    nats-py refuses (the bus validates both long before; this keeps the stream of commands intact).
+    Raises :class:`PayloadTooLarge` when ``limit`` is given and header block plus body pass it, and
+    ``ValueError`` for a subject or reply that would break the protocol line, or a header name that nats-py
+    refuses (the bus validates both long before; this keeps the stream of commands intact).
     """
     subj = _subjects.get(subject)
     if subj is None:
@@ -253,6 +264,8 @@ def command(subject: str, reply: str, body: bytes, headers: Mapping[str, str] | 
     else:
         subj += b"  "  # nats-py writes "PUB <subject>  <size>" without a reply
     if not headers:
+        if limit is not None and len(body) > limit:
+            raise PayloadTooLarge(len(body))
         return b"PUB %s%d\r\n%s\r\n" % (subj, len(body), body)
     block = [_HDR_LINE, b"\r\n"]
     for name, value in headers.items():
@@ -266,6 +279,8 @@ def command(subject: str, reply: str, body: bytes, headers: Mapping[str, str] | 
         block += (prefix, value.strip().encode(), b"\r\n")
     block.append(b"\r\n")
     hdr = b"".join(block)
+    if limit is not None and len(hdr) + len(body) > limit:
+        raise PayloadTooLarge(len(hdr) + len(body))
     return b"HPUB %s%d %d\r\n%s%s\r\n" % (subj, len(hdr), len(hdr) + len(body), hdr, body)
 
 

@@ -49,7 +49,7 @@ from ..._abc import Outcome
 from ..._exceptions import MessageTooLargeError, PublishError, translate_exception
 from .._bridge import BatchPipe, Bridge
 from .._bridge.inbox import LoopInbox
-from .protocol import Wire, command, wire_for
+from .protocol import PayloadTooLarge, Wire, command, wire_for
 from .wire import NATS_PUBLISH_ERRORS, too_large
 
 __all__ = ["PublishTimeout", "Publisher", "WireItem"]
@@ -156,9 +156,20 @@ class Publisher:
         limit = self._nc.max_payload  # the server's, from its INFO (may change with a reconnect)
         try:
             for seq, subject, body, headers, persistent in items:
-                if (headers is not None or len(body) > limit) and (size := too_large(body, headers, limit)):
-                    self.failed += 1  # the server would close the connection on it: fail it alone
-                    now.append(Outcome((seq,), _too_large_error(subject, size, limit)))
+                cmd = None
+                if wire.ready:  # the command now: its size is exact (and the check is free)
+                    try:
+                        cmd = command(subject, f"{prefix}{seq}" if persistent else "", body, headers, limit)
+                    except PayloadTooLarge as exc:
+                        self._too_large(seq, subject, exc.size, limit, now)
+                        taken += 1
+                        continue
+                    except ValueError as exc:
+                        self._refused([seq], subject, exc, now)
+                        taken += 1
+                        continue
+                elif (headers is not None or len(body) > limit) and (size := too_large(body, headers, limit)):
+                    self._too_large(seq, subject, size, limit, now)
                     taken += 1
                     continue
                 if persistent:
@@ -171,13 +182,9 @@ class Publisher:
                     inflight[seq] = deadline
                 if self.abandoned:
                     raise _Abandoned
-                if wire.ready:
-                    try:
-                        built.append(command(subject, f"{prefix}{seq}" if persistent else "", body, headers))
-                    except ValueError as exc:
-                        self._refused([seq], subject, exc, now)
-                    else:
-                        held.append((seq, persistent, deadline))
+                if cmd is not None and wire.ready:
+                    built.append(cmd)
+                    held.append((seq, persistent, deadline))
                     taken += 1
                     if len(built) >= _CHUNK:
                         await self._write(built, held, now)
@@ -244,6 +251,10 @@ class Publisher:
                 now.append(Outcome((seq,)))
         except Exception as exc:
             self._refused([seq], subject, exc, now)
+
+    def _too_large(self, seq: int, subject: str, size: int, limit: int, now: list[Outcome]) -> None:
+        self.failed += 1  # the server would close the connection on it: fail it alone
+        now.append(Outcome((seq,), _too_large_error(subject, size, limit)))
 
     def _refused(self, seqs: list[int], subject: str | None, exc: Exception, now: list[Outcome]) -> None:
         for seq in seqs:
