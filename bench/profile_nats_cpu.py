@@ -116,7 +116,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _round(url: str, count: int, pid: int | None, cli: str | None) -> None:
+async def _round(url: str, count: int, pid: int | None, cli: str | None, legs: set[str]) -> None:
+    if "bus" in legs:
+        await _bus_round(url, count, pid)
+    if "nats-py" in legs:
+        await _aio_round(url, count, pid)
+    if "nats-bench" in legs and cli is not None:
+        await _natsbench_round(url, count, pid, cli)
+
+
+async def _bus_round(url: str, count: int, pid: int | None) -> None:
     rate, used, server = await _bus(url, count, pid)
     total = sum(used.values())
     print(
@@ -124,6 +133,9 @@ async def _round(url: str, count: int, pid: int | None, cli: str | None) -> None
         f"  capacity {1e6 / total:8,.0f}/s  server {server:5.1f} us/msg",
         flush=True,
     )
+
+
+async def _aio_round(url: str, count: int, pid: int | None) -> None:
     server = _server_cpu(pid)
     rate, cpu = await trio.to_thread.run_sync(_aio, url, count)
     server = (_server_cpu(pid) - server) / count * 1e6
@@ -132,13 +144,15 @@ async def _round(url: str, count: int, pid: int | None, cli: str | None) -> None
         f"nats-py    {rate:8,.0f} msgs/s  {cpu:5.1f} us/msg  capacity {capacity:8,.0f}/s  server {server:5.1f} us/msg",
         flush=True,
     )
-    if cli is not None:
-        children, server = _children_cpu(), _server_cpu(pid)
-        figures = await trio.to_thread.run_sync(lambda: nats_bench(cli, url, count, alone=False))
-        cpu = (_children_cpu() - children) / count * 1e6  # both processes, their start-up included
-        server = (_server_cpu(pid) - server) / count * 1e6
-        rate = figures["natsbench_e2e_msgs_per_s"]
-        print(f"nats bench {rate:8,.0f} msgs/s  {cpu:5.1f} us/msg (2 processes)  server {server:5.1f} us/msg")
+
+
+async def _natsbench_round(url: str, count: int, pid: int | None, cli: str) -> None:
+    children, server = _children_cpu(), _server_cpu(pid)
+    figures = await trio.to_thread.run_sync(lambda: nats_bench(cli, url, count, alone=False))
+    cpu = (_children_cpu() - children) / count * 1e6  # both processes, their start-up included
+    server = (_server_cpu(pid) - server) / count * 1e6
+    rate = figures["natsbench_e2e_msgs_per_s"]
+    print(f"nats bench {rate:8,.0f} msgs/s  {cpu:5.1f} us/msg (2 processes)  server {server:5.1f} us/msg", flush=True)
 
 
 def main() -> None:
@@ -146,14 +160,16 @@ def main() -> None:
     parser.add_argument("messages", nargs="?", type=int, default=50_000)
     parser.add_argument("rounds", nargs="?", type=int, default=3)
     parser.add_argument("--url", default=None, help="a running server (default: start a local one)")
+    parser.add_argument("--legs", default="bus,nats-py,nats-bench", help="comma-separated: bus, nats-py, nats-bench")
     args = parser.parse_args()
+    legs = set(args.legs.split(","))
     cli = locate_natscli()
 
     def run(url: str) -> None:
         pid = _server_pid(url)
         trio.run(_bus, url, min(args.messages, 10_000), pid)  # warm-up (first-use costs, the server's caches)
         for _ in range(args.rounds):
-            trio.run(_round, url, args.messages, pid, cli)
+            trio.run(_round, url, args.messages, pid, cli, legs)
 
     if args.url is not None:
         run(args.url)
