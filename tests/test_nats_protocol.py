@@ -31,6 +31,8 @@ HEADER_BLOCKS = [
     b"NATS/1.0\r\nA:B\r\nC:\tD \r\n bad name: x\r\nno-colon\r\nA: again\r\n\r\n",
     b"NATS/1.0\r\n\r\n",
     b"NATS/1.0\r\n\xc3\xa9t\xc3\xa9: x\r\nv: \xc3\xa9\xff\r\n\r\n",
+    b"NATS/1.0\r\n\x1cK: v\r\nK\x1f: w\r\n\x01Ctl: x\r\nTab\tKey: y\r\n\x0bV: \x0b z \x1c\r\n\r\n",
+    b"NATS/1.0\r\nEmpty:\r\n: no name\r\nK:  \t spaced \t \r\n\r\n",
 ]
 
 

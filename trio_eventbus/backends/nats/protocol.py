@@ -46,6 +46,7 @@ _AWAITING_MSG_PAYLOAD = 2
 _HDR_LINE = b"NATS/1.0"
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's header key rule
 _WHITESPACE = re.compile(r"\s")
+_ASCII_SPACE = " \t\n\r\x0b\x0c"  # bytes.strip()'s whitespace
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 _MAX_CACHED_NAMES = 1024
 _names: dict[str, bytes] = {}  # header name -> b"Name: " (checked once)
@@ -316,6 +317,26 @@ def parse_headers(raw: bytes) -> dict[str, str] | None:
 
 
 def _parse_lines(raw: bytes) -> dict[str, str]:
+    """``Name: value`` lines as nats-py parses them; decoded once when all ASCII (the usual case)."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return _parse_lines_bytes(raw)
+    out: dict[str, str] = {}
+    for line in text.split("\r\n"):
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = name.strip(_ASCII_SPACE)  # what bytes.strip() strips
+        if " " in key or (not key.isprintable() and _WHITESPACE.search(key)):
+            continue
+        out[key] = value.strip(_ASCII_SPACE)
+    return out
+
+
+def _parse_lines_bytes(raw: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in raw.split(b"\r\n"):
         if not line:
