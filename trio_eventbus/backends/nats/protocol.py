@@ -33,6 +33,8 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from nats import errors as nats_errors
+
 __all__ = ["Handler", "PayloadTooLarge", "Wire", "command", "parse_headers", "wire_for"]
 
 logger = logging.getLogger("trio_eventbus.nats")
@@ -63,7 +65,7 @@ def wire_for(nc: Any) -> Wire:
 
 
 def _supported(nc: Any) -> bool:
-    names = ("_process_msg", "_send_command", "_flush_pending", "_flush_queue", "_ps")
+    names = ("_process_msg", "_send_command", "_flush_pending", "_flush_queue", "_ps", "_pending_data_size")
     if not all(hasattr(nc, name) for name in names):
         return False
     ps = nc._ps
@@ -121,17 +123,19 @@ class Wire:
 
     async def send(self, commands: list[bytes]) -> None:
         """Write protocol commands (from :func:`command`) in order, as one; raises as ``Client.publish`` does
-        (closed or draining connection). Only while :attr:`ready`."""
+        (closed or draining connection; disconnected with the reconnect buffer full). Meant for while
+        :attr:`ready`."""
         nc = self._nc
         if nc.is_closed:
-            import nats.errors
-
-            raise nats.errors.ConnectionClosedError
+            raise nats_errors.ConnectionClosedError
         if nc.is_draining_pubs:
-            import nats.errors
-
-            raise nats.errors.ConnectionDrainingError
-        await nc._send_command(commands[0] if len(commands) == 1 else b"".join(commands))
+            raise nats_errors.ConnectionDrainingError
+        data = commands[0] if len(commands) == 1 else b"".join(commands)
+        if not nc.is_connected:  # disconnected since the caller looked: the reconnect buffer's limit, as publish
+            limit = nc._max_pending_size
+            if limit <= 0 or len(data) + nc._pending_data_size > limit:
+                raise nats_errors.OutboundBufferLimitError
+        await nc._send_command(data)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
 
@@ -233,9 +237,7 @@ def _control(line: list[bytes]) -> tuple[int, bytes, bytes, int, int]:
 
 
 def _protocol_error() -> Exception:
-    from nats.errors import ProtocolError
-
-    return ProtocolError("nats: malformed MSG")
+    return nats_errors.ProtocolError("nats: malformed MSG")
 
 
 class PayloadTooLarge(ValueError):
