@@ -315,7 +315,6 @@ class Puller:
         self._recover = recover
         self._inbox = ""
         self._arrived: list[Delivery] = []  # routed, not yet in the pipe (one put per reader pass)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._wire: Wire | None = None
         self._nsub: Any = None
         self._requests: dict[str, _Request] = {}  # reply subject -> live request, oldest first
@@ -336,7 +335,6 @@ class Puller:
         self._heard_at = asyncio.get_running_loop().time()
         self._progress_due = self._heard_at + self._progress_every
         self._inbox = self._nc.new_inbox()
-        self._loop = asyncio.get_running_loop()
         self._wire = wire_for(self._nc)
         self._nsub = await self._wire.subscribe(self._inbox + ".*", self._on_msg)
         self._pulling = True
@@ -376,8 +374,8 @@ class Puller:
             token = JsToken(reply, seq, self._sub, self._out)
             if seq:
                 self._out[seq] = token
-            if not self._arrived and self._loop is not None:
-                self._loop.call_soon(self._flush_arrived)  # after this reader pass: one put, one wake-up
+            if not self._arrived and self._wire is not None:
+                self._wire.defer(self._flush_arrived)  # at the end of this read: one put, one wake-up
             self._arrived.append(to_delivery(self._topic, data, headers, attempt, token))
 
     def _flush_arrived(self) -> None:

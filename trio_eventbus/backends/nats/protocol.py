@@ -28,6 +28,7 @@ public API instead (``subscribe(cb=...)``, ``publish``), with the same handlers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -79,10 +80,28 @@ class Wire:
         self._nc = nc
         self.fast = _supported(nc)
         self._handlers: dict[int, Handler] = {}
+        self._deferred: list[Callable[[], None]] = []
+        self._reading = False  # inside a reader pass (the fast parser): deferred calls run at its end
         if self.fast:
             self._original = nc._process_msg
             nc._process_msg = self._process_msg
-            _FastParser(nc._ps, self._process_msg).install()
+            _FastParser(nc._ps, self._process_msg, self).install()
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the reader has handled everything this read brought (loop thread): handlers
+        collect there and hand over once per read. Outside a reader pass: soon, with ``call_soon``."""
+        if self._reading:
+            self._deferred.append(fn)
+        else:
+            asyncio.get_running_loop().call_soon(fn)
+
+    def _end_of_pass(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for fn in deferred:
+            try:
+                fn()
+            except Exception:  # a bug: never break the connection's reader over it
+                logger.exception("a deferred step after a NATS read failed")
 
     @property
     def ready(self) -> bool:
@@ -166,10 +185,11 @@ class _FastParser:
     expressions, the buffer cut once per read instead of once per message. Any other operation (``PING``,
     ``PONG``, ``INFO``, ``+OK``, ``-ERR``) is left to nats-py's own ``parse`` with the rest of the buffer."""
 
-    def __init__(self, ps: Any, process: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, ps: Any, process: Callable[..., Awaitable[None]], wire: Wire) -> None:
         self._ps = ps
         self._slow = type(ps).parse
         self._process = process
+        self._wire = wire
 
     def install(self) -> None:
         self._ps.parse = self.parse  # an instance attribute: the client's read loop calls ps.parse(data)
@@ -183,6 +203,7 @@ class _FastParser:
             buf.clear()
         pos, end = 0, len(data)
         process = self._process
+        self._wire._reading = True
         try:
             if ps.state == _AWAITING_MSG_PAYLOAD:  # a message whose payload had not fully arrived
                 arg, needed, hlen = ps.msg_arg, ps.needed, ps.header_needed
@@ -216,6 +237,9 @@ class _FastParser:
         finally:
             if pos < end:
                 buf += data[pos:]
+            self._wire._reading = False
+            if self._wire._deferred:
+                self._wire._end_of_pass()
 
 
 def _control(line: list[bytes]) -> tuple[int, bytes, bytes, int, int]:

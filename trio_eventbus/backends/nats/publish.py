@@ -284,7 +284,7 @@ class Publisher:
             self.failed += 1
         if not self._closed:
             if not self._acks:
-                asyncio.get_running_loop().call_soon(self._flush_acks)  # after this reader pass: one put
+                self._wire.defer(self._flush_acks)  # at the end of this read: one put
             self._acks.append(Outcome((seq,), error))
         self._freed()
 
