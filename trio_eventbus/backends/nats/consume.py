@@ -70,9 +70,9 @@ from ..._abc import Delivery, DeliverySink
 from .._bridge import BatchPipe, Bridge, BridgeError
 from .protocol import Wire, wire_for
 from .stats import NatsSubscriptionStatistics
-from .wire import PROGRESS, ack_info, to_delivery
+from .wire import NAK, PROGRESS, ack_info, to_delivery
 
-__all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Received", "Source", "Subscription", "Window"]
+__all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Source", "Subscription", "Window"]
 
 logger = logging.getLogger("trio_eventbus.nats")
 _REQUEST_GRACE = 0.5  # seconds past a pull request's expiry after which it is forgotten
@@ -239,17 +239,6 @@ class Window:
         self.held = 0
 
 
-class Received:
-    """A message received on a puller's inbox, kept back for now (by a pinned puller's gate)."""
-
-    __slots__ = ("data", "headers", "reply")
-
-    def __init__(self, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        self.reply = reply
-        self.data = data
-        self.headers = headers
-
-
 class _Request:
     __slots__ = ("expires_at", "remaining")
 
@@ -368,7 +357,7 @@ class Puller:
             self._redelivered(seq)
         elif seq in self._settled:  # redelivered while its ack was on the way: settle the copy the same way
             self._redelivered(seq)
-            self._spawn(self._resettle(reply, self._settled[seq]))
+            self._spawn(self._settle_here([(reply, self._settled[seq])]))
         else:
             self.window.held += 1
             token = JsToken(reply, seq, self._sub, self._out)
@@ -384,11 +373,15 @@ class Puller:
         if arrived:
             try:
                 self._pipe.put_all_nowait(arrived)  # the pipe's capacity is far above the pull window
-            except BridgeError:  # closed: they were not routed; JetStream redelivers them after ack_wait
-                logger.warning("%d messages of %r arrived after its pipe closed", len(arrived), self._topic)
+            except BridgeError:  # closed (not expected: stop() flushes first): nak them, nothing holds them
+                logger.warning("%d messages of %r arrived after its pipe closed: nak'ed", len(arrived), self._topic)
+                tokens = [d.token for d in arrived if isinstance(d.token, JsToken)]
+                for token in tokens:
+                    self._out.pop(token.seq, None)
+                self._spawn(self._settle_here([(token.reply, NAK) for token in tokens]))
 
-    async def _resettle(self, reply: str, payload: bytes) -> None:
-        await self._send([(reply, payload)])
+    async def _settle_here(self, messages: list[tuple[str, bytes]]) -> None:
+        await self._send(messages)
 
     async def _send(self, messages: list[tuple[str, bytes]]) -> int:
         """Publish settlements or progress acks (one write; see :mod:`.protocol`); how many failed."""

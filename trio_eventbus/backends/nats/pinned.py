@@ -50,7 +50,7 @@ import json
 import logging
 from typing import Any
 
-from .consume import Puller, Received
+from .consume import Puller
 from .partitions import PIN_GROUP
 from .stats import NatsGroupStatistics
 from .wire import H_PIN, ack_info
@@ -89,6 +89,17 @@ async def create_consumer(js: Any, stream: str, config: dict[str, Any], wait: fl
 async def unpin(js: Any, stream: str, consumer: str, wait: float) -> None:
     """Unpin whichever client ``consumer`` has pinned (the next waiting request is pinned at once)."""
     await api_request(js, f"CONSUMER.UNPIN.{stream}.{consumer}", {"group": PIN_GROUP}, wait)
+
+
+class Received:
+    """A message received on a pinned puller's inbox and kept back by its gate."""
+
+    __slots__ = ("data", "headers", "reply")
+
+    def __init__(self, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        self.reply = reply
+        self.data = data
+        self.headers = headers
 
 
 class PinnedPuller(Puller):
