@@ -19,6 +19,13 @@ The baseline runs on asyncio's own selector loop; the bus's thread bridge uses u
 (``bus_uvloop`` = 1). Messages are 256-byte raw bodies keyed over 100 keys (the baseline sends the same
 ``X-Message-Key`` header). Each leg uses its own stream, deleted afterwards. Figures are reported, never
 asserted; ratios are bus / baseline (throughput: higher is better; latency: lower is better).
+
+Reading the paced figures: the baseline's ``fetch(500, timeout=0.1)`` keeps one pull request at a time (a
+``no_wait`` + ``expires`` probe that the server ends right after the first messages, so about one request per
+message or two), has none outstanding while it acks a batch message by message, and costs ~50 µs of CPU per
+message in ``next_msg`` alone: it needs about half a core at 2,000 msg/s, and its tail follows the machine's
+load (and nats-server 2.12's store latency) far more than the bus's, which always has a request waiting. Each
+paced leg is one 3-second sample: compare several invocations (or ``bench/compare.sh``), not one.
 """
 
 from __future__ import annotations
