@@ -10,10 +10,22 @@ the chosen bridge) and with plain nats-py on a fresh asyncio loop in a worker th
              ``ack()`` per message);
 ``paced``    2,000 msg/s for ``paced_seconds``: latency from the publish call to the handler, p50/p99.
 
+Beside the saturated end-to-end leg, the server's own ``nats bench`` (``bench/nats_cli.py``: ``js pub async``
+and a ``js fetch`` consumer at once, 500-message batches, one ack per message) when the nats CLI is built
+(``python tools/provision.py --natscli``); ``ratio_e2e_natsbench`` = bus / ``nats bench`` end to end, and each
+side of ``nats bench`` alone for reference.
+
 The baseline runs on asyncio's own selector loop; the bus's thread bridge uses uvloop when it is installed
 (``bus_uvloop`` = 1). Messages are 256-byte raw bodies keyed over 100 keys (the baseline sends the same
 ``X-Message-Key`` header). Each leg uses its own stream, deleted afterwards. Figures are reported, never
 asserted; ratios are bus / baseline (throughput: higher is better; latency: lower is better).
+
+Reading the paced figures: the baseline's ``fetch(500, timeout=0.1)`` keeps one pull request at a time (a
+``no_wait`` + ``expires`` probe that the server ends right after the first messages, so about one request per
+message or two), has none outstanding while it acks a batch message by message, and costs ~50 µs of CPU per
+message in ``next_msg`` alone: it needs about half a core at 2,000 msg/s, and its tail follows the machine's
+load (and nats-server 2.12's store latency) far more than the bus's, which always has a request waiting. Each
+paced leg is one 3-second sample: compare several invocations (or ``bench/compare.sh``), not one.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,6 +47,8 @@ from trio_eventbus._options import BusOptions
 from trio_eventbus._stats import percentile
 from trio_eventbus.backends._bridge.bridge import application_loop
 from trio_eventbus.backends.nats.config import NatsConfig
+
+from .nats_cli import locate_natscli, nats_bench
 
 __all__ = ["bench_nats"]
 
@@ -229,17 +244,22 @@ async def bench_nats(
     out: dict[str, Any] = {"messages": float(messages), "paced_rate": _RATE, "paced_messages": float(paced)}
     uvloop = importlib.util.find_spec("uvloop") is not None
     out["bus_uvloop"] = float(bridge in ("thread", "auto") and uvloop)
+    cli = locate_natscli()
+    if cli is None:
+        print("nats bench leg skipped: build the nats CLI with `python tools/provision.py --natscli`", file=sys.stderr)
     for leg, count in counts.items():
         base = await trio.to_thread.run_sync(_baseline, url, leg, count)
         bus = await _bus_leg(url, leg, count, bridge)
         out |= {f"aio_{k}": v for k, v in base.items()} | {f"bus_{k}": v for k, v in bus.items()}
+        if leg == "e2e" and cli is not None:
+            out |= await trio.to_thread.run_sync(nats_bench, cli, url, count)
     for leg in ("publish", "e2e"):
         out[f"ratio_{leg}"] = out[f"bus_{leg}_msgs_per_s"] / out[f"aio_{leg}_msgs_per_s"]
+    if "natsbench_e2e_msgs_per_s" in out:
+        out["ratio_e2e_natsbench"] = out["bus_e2e_msgs_per_s"] / out["natsbench_e2e_msgs_per_s"]
     out["ratio_paced_p99"] = out["bus_paced_p99_ms"] / out["aio_paced_p99_ms"]
     return {k: float(v) for k, v in out.items()}
 
 
 if __name__ == "__main__":  # pragma: no cover - manual runs
-    import sys
-
     print(json.dumps(trio.run(lambda: bench_nats(sys.argv[1], messages=int(sys.argv[2])))))

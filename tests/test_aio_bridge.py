@@ -548,6 +548,39 @@ async def _put_nowait(pipe: BatchPipe[int], item: int) -> bool:
     return pipe.put_nowait(item)
 
 
+async def _put_all(pipe: BatchPipe[int], items: list[int]) -> int:
+    return pipe.put_all_nowait(items)
+
+
+@each_kind
+@pytest.mark.trio
+async def test_pipe_put_all_takes_what_fits_in_order_with_one_wakeup(kind: Kind) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bridge_for(kind) as bridge, trio.open_nursery() as nursery:
+            pipe: BatchPipe[int] = BatchPipe(bridge, capacity=5)
+            got: list[list[int]] = []
+
+            async def receive() -> None:
+                got.append(await pipe.receive_batch(100))
+
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()  # parked in receive_batch
+            assert await bridge.run(_put_all, pipe, [1, 2, 3]) == 3
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [[1, 2, 3]]
+            assert pipe.statistics().trio_wakeups == 1
+            assert await bridge.run(_put_all, pipe, [4, 5, 6, 7, 8, 9]) == 5  # room for 5: the rest is refused
+            assert await bridge.run(_put_all, pipe, [10]) == 0
+            assert await pipe.receive_batch(100) == [4, 5, 6, 7, 8]
+            await bridge.run(_close, pipe)
+            with pytest.raises(BridgeError, match="closed"):
+                await bridge.run(_put_all, pipe, [11])
+
+
+async def _close(pipe: BatchPipe[int]) -> None:
+    pipe.close()
+
+
 @each_kind
 @pytest.mark.trio
 async def test_pipe_close_drains_then_ends_and_refuses_puts(kind: Kind) -> None:

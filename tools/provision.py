@@ -14,11 +14,16 @@ already in place it only reads two marker files and returns in milliseconds.
   with Maven from ``tools/kafka/pom.xml`` when missing. A marker file holding the pom's hash is written only
   after a complete copy, so an interrupted download (or a changed pom) is redone. Needs ``java`` and ``mvn``.
   Skipped when ``TEB_KAFKA_BOOTSTRAP`` is set.
+* ``--natscli`` (optional, only for ``python -m bench --backend nats``, never needed by the tests): makes sure
+  the ``nats`` CLI ``NATSCLI_VERSION`` is built in ``$TEB_NATSCLI_HOME`` (default
+  ``~/.cache/trio_eventbus/natscli-<version>``, binary in ``bin/``) with ``go install
+  github.com/nats-io/natscli/nats@v<version>`` (a minute or two), marked like nats-server. The bench runs its
+  ``nats bench`` beside the bus on the same server; skipped when ``TEB_NATSCLI`` (a binary of your own) is set.
 
 Exit status: 0 when everything needed is present, 1 otherwise (with a message saying what to install).
 
-Keep KAFKA_VERSION / NATS_SERVER_VERSION, the cache layouts and the marker name in sync with
-``trio_eventbus/testing/_kafka_server.py`` and ``trio_eventbus/testing/servers.py``
+Keep KAFKA_VERSION / NATS_SERVER_VERSION / NATSCLI_VERSION, the cache layouts and the marker name in sync with
+``trio_eventbus/testing/_kafka_server.py``, ``trio_eventbus/testing/servers.py`` and ``bench/nats_cli.py``
 (this script cannot import the package: it must run before the venv exists).
 """
 
@@ -37,6 +42,8 @@ from pathlib import Path
 KAFKA_VERSION = "3.9.2"
 NATS_SERVER_VERSION = "2.15.2"
 NATS_MODULE = "github.com/nats-io/nats-server/v2"
+NATSCLI_VERSION = "0.5.0"
+NATSCLI_MODULE = "github.com/nats-io/natscli/nats"
 MARKER_NAME = ".provisioned"
 HERE = Path(__file__).resolve().parent
 POM = HERE / "kafka" / "pom.xml"
@@ -76,9 +83,13 @@ def nats_home() -> Path:
 
 
 def nats_server_ready(home: Path) -> bool:
+    return _go_tool_ready(home, "nats-server", NATS_SERVER_VERSION)
+
+
+def _go_tool_ready(home: Path, binary: str, version: str) -> bool:
     marker = home / MARKER_NAME
     try:
-        return marker.read_text().strip() == NATS_SERVER_VERSION and os.access(home / "bin" / "nats-server", os.X_OK)
+        return marker.read_text().strip() == version and os.access(home / "bin" / binary, os.X_OK)
     except OSError:
         return False
 
@@ -118,36 +129,75 @@ def ensure_nats_server() -> None:
 
 
 def build_nats_server(go: str, home: Path) -> None:
+    _go_install(go, home, "nats-server", NATS_MODULE, NATS_SERVER_VERSION, label="nats")
+
+
+def _go_install(go: str, home: Path, binary: str, module: str, version: str, *, label: str) -> None:
+    """Build ``module@v<version>`` into ``home/bin`` (through ``bin.partial``); the marker is written last."""
     (home / MARKER_NAME).unlink(missing_ok=True)
     partial = home / "bin.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    target = f"{NATS_MODULE}@v{NATS_SERVER_VERSION}"
-    say(f"nats: building nats-server {NATS_SERVER_VERSION} with `go install {target}` (about a minute)")
+    target = f"{module}@v{version}"
+    say(f"{label}: building {binary} {version} with `go install {target}` (a minute or two)")
     started = time.monotonic()
     # GOTOOLCHAIN=local: build with the Go found here, never fetch another toolchain behind the user's back
     env = dict(os.environ, GOBIN=str(partial), GOTOOLCHAIN="local", CGO_ENABLED="0")
     result = subprocess.run(
         [go, "install", target], env=env, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    binary = partial / "nats-server"
-    version = ""
-    if result.returncode == 0 and os.access(binary, os.X_OK):
-        probe = subprocess.run([str(binary), "--version"], check=False, capture_output=True, text=True)
-        version = probe.stdout.strip()
-    if f"v{NATS_SERVER_VERSION}" not in version.split():
+    built = partial / binary
+    shown = ""
+    if result.returncode == 0 and os.access(built, os.X_OK):
+        probe = subprocess.run([str(built), "--version"], check=False, capture_output=True, text=True)
+        shown = (probe.stdout + probe.stderr).strip()
+    if f"v{version}" not in shown.split():
         shutil.rmtree(partial, ignore_errors=True)
         output = result.stdout.decode("utf-8", "replace").splitlines()
         sys.stderr.write("\n".join(output[-30:]) + "\n")
         raise ProvisionError(
-            f"`go install {target}` failed (status {result.returncode}, version {version or 'none'}); "
-            f"nats-server {NATS_SERVER_VERSION} needs Go >= 1.26: {GO_INSTALL_HINT}"
+            f"`go install {target}` failed (status {result.returncode}, version {shown or 'none'}); "
+            f"{binary} {version} needs Go >= 1.26: {GO_INSTALL_HINT}"
         )
     bin_dir = home / "bin"
     shutil.rmtree(bin_dir, ignore_errors=True)
     partial.rename(bin_dir)
-    (home / MARKER_NAME).write_text(NATS_SERVER_VERSION + "\n")
-    say(f"nats: built {bin_dir / 'nats-server'} ({version}, {time.monotonic() - started:.1f} s)")
+    (home / MARKER_NAME).write_text(version + "\n")
+    say(f"{label}: built {bin_dir / binary} ({shown}, {time.monotonic() - started:.1f} s)")
+
+
+# ------------------------------------------------------------------------- the nats CLI (bench only)
+
+
+def natscli_home() -> Path:
+    env = os.environ.get("TEB_NATSCLI_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "trio_eventbus" / f"natscli-{NATSCLI_VERSION}"
+
+
+def ensure_natscli() -> None:
+    """The ``nats`` CLI for ``nats bench`` beside the bus (optional: the tests never need it)."""
+    if os.environ.get("TEB_NATSCLI"):
+        say(f"natscli: TEB_NATSCLI is set ({os.environ['TEB_NATSCLI']}), not building the nats CLI")
+        return
+    home = natscli_home()
+    if _go_tool_ready(home, "nats", NATSCLI_VERSION):
+        say(f"natscli: nats {NATSCLI_VERSION} present in {home / 'bin'}")
+        return
+    go = find_go()
+    if go is None:
+        raise ProvisionError(
+            f"go is not on PATH; it is needed once to build the nats CLI {NATSCLI_VERSION}: {GO_INSTALL_HINT}, "
+            "or set TEB_NATSCLI to a nats CLI binary"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _go_tool_ready(home, "nats", NATSCLI_VERSION):
+            say(f"natscli: nats {NATSCLI_VERSION} built meanwhile in {home / 'bin'}")
+            return
+        _go_install(go, home, "nats", NATSCLI_MODULE, NATSCLI_VERSION, label="natscli")
 
 
 # -------------------------------------------------------------------------------------------- Kafka
@@ -216,12 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--no-nats", action="store_true", help="do not check/build nats-server")
     parser.add_argument("--no-kafka", action="store_true", help="do not check/fetch the Kafka libs")
+    parser.add_argument(
+        "--natscli",
+        action="store_true",
+        help=f"also build the nats CLI {NATSCLI_VERSION} (only `python -m bench --backend nats` uses it)",
+    )
     args = parser.parse_args(argv)
     try:
         if not args.no_nats:
             ensure_nats_server()
         if not args.no_kafka:
             ensure_kafka_libs()
+        if args.natscli:
+            ensure_natscli()
     except ProvisionError as exc:
         print(f"provision: error: {exc}", file=sys.stderr, flush=True)
         return 1

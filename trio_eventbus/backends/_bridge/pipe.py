@@ -74,6 +74,25 @@ class BatchPipe(Generic[T]):
         """asyncio side: append ``item``, or return False if full. :class:`BridgeError` if closed."""
         return self._offer(item, want_space=False)
 
+    def put_all_nowait(self, items: list[T]) -> int:
+        """asyncio side: append as many of ``items`` as fit, in order, and wake a waiting receiver at once (one
+        crossing for all of them: the caller batched them already); how many were appended.
+        :class:`BridgeError` if closed."""
+        with self._lock:
+            if self._closed:
+                raise BridgeError("put on a closed BatchPipe")
+            room = self._capacity - len(self._buf)
+            if room <= 0 or not items:
+                return 0
+            taken = items if len(items) <= room else items[:room]
+            self._buf.extend(taken)
+            self._items_put += len(taken)
+            receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            self._trio_wakeups += 1
+            self._bridge._to_trio(receiver.set)
+        return len(taken)
+
     async def put(self, item: T) -> None:
         """asyncio side: append ``item``, waiting while the pipe is full. :class:`BridgeError` if closed."""
         while not self._offer(item, want_space=True):

@@ -11,7 +11,9 @@ subscription; a new request of at least ``fetch_batch / 2`` goes out when the bu
 a request ends. Bytes bound what is in flight: each request brings at most ``b`` bytes
 (``NatsConfig.fetch_max_bytes``, at least the server's ``max_payload`` plus framing, so one message always
 fits), and only a few requests are outstanding, far below the server's 64 MiB slow-consumer limit. Received
-messages become :class:`Delivery` values on the loop and go into a :class:`BatchPipe`; the Trio fetcher
+messages are handled inline by the connection's reader (:mod:`.protocol`: no nats-py ``Msg``, queue or task per
+message), become :class:`Delivery` values on the loop and go into a :class:`BatchPipe` once per reader pass (one
+put and at most one wake-up of Trio for everything one read brought); the Trio fetcher
 (:meth:`Subscription.fetch`) takes everything buffered in one wake-up (up to ``fetch_batch``), hands it to the
 bus's sink and then returns the credit (a fire-and-forget crossing per ``fetch_batch / 4`` messages).
 ``attempt`` is JetStream's delivery count from the ack subject.
@@ -66,14 +68,16 @@ import trio
 
 from ..._abc import Delivery, DeliverySink
 from .._bridge import BatchPipe, Bridge, BridgeError
+from .protocol import Wire, wire_for
 from .stats import NatsSubscriptionStatistics
-from .wire import PROGRESS, ack_info, to_delivery
+from .wire import NAK, PROGRESS, ack_info, to_delivery
 
 __all__ = ["CoreListener", "CoreToken", "JsToken", "Puller", "Source", "Subscription", "Window"]
 
 logger = logging.getLogger("trio_eventbus.nats")
 _REQUEST_GRACE = 0.5  # seconds past a pull request's expiry after which it is forgotten
 _WARN_EVERY = 10.0  # seconds between two warnings about redeliveries of held messages
+_PROGRESS_CHUNK = 1024  # progress acks per write
 #: 409s that end a request normally: its max_bytes is used up (the next message did not fit), or it was filled
 #: (the server says so for requests with max_bytes)
 _NORMAL_409 = frozenset({"Message Size Exceeds MaxBytes", "Batch Completed"})
@@ -299,6 +303,8 @@ class Puller:
         self._settled = sub.settled
         self._recover = recover
         self._inbox = ""
+        self._arrived: list[Delivery] = []  # routed, not yet in the pipe (one put per reader pass)
+        self._wire: Wire | None = None
         self._nsub: Any = None
         self._requests: dict[str, _Request] = {}  # reply subject -> live request, oldest first
         self._request_ids = itertools.count()
@@ -318,14 +324,15 @@ class Puller:
         self._heard_at = asyncio.get_running_loop().time()
         self._progress_due = self._heard_at + self._progress_every
         self._inbox = self._nc.new_inbox()
-        self._nsub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_msg)
+        self._wire = wire_for(self._nc)
+        self._nsub = await self._wire.subscribe(self._inbox + ".*", self._on_msg)
         self._pulling = True
         await self._pull()
 
-    async def _on_msg(self, msg: Any) -> None:
-        reply = msg.reply
+    def _on_msg(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        """A message or status on the inbox (loop thread, inline in the connection's reader: never blocks)."""
         if not reply:
-            self._on_status(msg.subject, msg.headers or {})
+            self._on_status(subject, headers or {})
             return
         self.received += 1
         for request in self._requests.values():
@@ -333,30 +340,53 @@ class Puller:
                 request.remaining -= 1
                 self.outstanding -= 1
                 break
-        if self.pinned and not self._admit(msg, reply):
+        if self.pinned and not self._admit(reply, data, headers):
             return
-        await self._deliver(msg, reply)
+        self._deliver(reply, data, headers)
         if self.outstanding == 0:
             self._schedule_pull()
 
-    def _admit(self, msg: Any, reply: str) -> bool:
+    def _admit(self, reply: str, data: bytes, headers: dict[str, str] | None) -> bool:
         """A pinned puller's check of an arrival (``False``: it keeps the message for now)."""
         return True
 
-    async def _deliver(self, msg: Any, reply: str) -> None:
+    def _deliver(self, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         """Route one received message into the pipe (or drop / settle a redelivery of one held here)."""
         attempt, seq = ack_info(reply)
         if seq in self._out:  # redelivered while still held here: the held one is acked/kept alive instead
             self._redelivered(seq)
         elif seq in self._settled:  # redelivered while its ack was on the way: settle the copy the same way
             self._redelivered(seq)
-            await self._nc.publish(reply, self._settled[seq])
+            self._spawn(self._settle_here([(reply, self._settled[seq])]))
         else:
             self.window.held += 1
             token = JsToken(reply, seq, self._sub, self._out)
             if seq:
                 self._out[seq] = token
-            self._pipe.put_nowait(to_delivery(self._topic, msg.data, msg.headers, attempt, token))
+            if not self._arrived and self._wire is not None:
+                self._wire.defer(self._flush_arrived)  # at the end of this read: one put, one wake-up
+            self._arrived.append(to_delivery(self._topic, data, headers, attempt, token))
+
+    def _flush_arrived(self) -> None:
+        """Put what arrived into the pipe (loop thread; after each reader pass, and before the pipe closes)."""
+        arrived, self._arrived = self._arrived, []
+        if arrived:
+            try:
+                self._pipe.put_all_nowait(arrived)  # the pipe's capacity is far above the pull window
+            except BridgeError:  # closed (not expected: stop() flushes first): nak them, nothing holds them
+                logger.warning("%d messages of %r arrived after its pipe closed: nak'ed", len(arrived), self._topic)
+                tokens = [d.token for d in arrived if isinstance(d.token, JsToken)]
+                for token in tokens:
+                    self._out.pop(token.seq, None)
+                self._spawn(self._settle_here([(token.reply, NAK) for token in tokens]))
+
+    async def _settle_here(self, messages: list[tuple[str, bytes]]) -> None:
+        await self._send(messages)
+
+    async def _send(self, messages: list[tuple[str, bytes]]) -> int:
+        """Publish settlements or progress acks (one write; see :mod:`.protocol`); how many failed."""
+        assert self._wire is not None
+        return await self._wire.publish_many(messages)
 
     def _redelivered(self, seq: int) -> None:
         self.redelivered_held += 1
@@ -501,12 +531,14 @@ class Puller:
         backlog waiting in a lane is not redelivered while it waits.
         """
         try:
-            publish = self._nc.publish
-            for token in list(self._out.values()):
-                await publish(token.reply, PROGRESS)
-                self.progress_acks += 1
-        except Exception as exc:  # connection lost: the server may redeliver; recognised by sequence
-            logger.debug("progress acks for %r not sent: %r", self._topic, exc)
+            tokens = list(self._out.values())
+            for i in range(0, len(tokens), _PROGRESS_CHUNK):
+                chunk = [(token.reply, PROGRESS) for token in tokens[i : i + _PROGRESS_CHUNK]]
+                failed = await self._send(chunk)
+                self.progress_acks += len(chunk) - failed
+                if failed:  # connection lost: the server may redeliver; recognised by sequence
+                    logger.debug("%d progress acks for %r not sent", failed, self._topic)
+                    break
         finally:
             self._progressing = False
 
@@ -551,12 +583,13 @@ class Puller:
                     pass
             for task in list(self._tasks):
                 task.cancel()
-            if self._nsub is not None:
+            if self._nsub is not None and self._wire is not None:
                 try:
-                    await self._nsub.unsubscribe()
+                    await self._wire.unsubscribe(self._nsub)
                 except Exception as exc:
                     logger.debug("unsubscribing the inbox of %r failed: %r", self._topic, exc)
         finally:
+            self._flush_arrived()
             if self._owns_pipe:
                 self._pipe.close()
 
@@ -569,20 +602,22 @@ class CoreListener:
         self._sub = sub
         self._pipe = sub.pipe
         self._flush_timeout = flush_timeout
+        self._wire: Wire | None = None
         self._nsub: Any = None
         self.stopping = False
         self.received = self.dropped = 0
 
     async def start(self) -> None:
-        self._nsub = await self._nc.subscribe(self._sub.topic, queue=self._sub.group, cb=self._on_msg)
+        self._wire = wire_for(self._nc)
+        self._nsub = await self._wire.subscribe(self._sub.topic, self._on_msg, queue=self._sub.group)
         await self._nc.flush(self._flush_timeout)  # the server knows the interest before subscribe returns
 
-    async def _on_msg(self, msg: Any) -> None:
+    def _on_msg(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         if self.stopping:
             return
         self.received += 1
         token = CoreToken(self._sub)
-        if not self._pipe.put_nowait(to_delivery(self._sub.topic, msg.data, msg.headers, 1, token)):
+        if not self._pipe.put_nowait(to_delivery(self._sub.topic, data, headers, 1, token)):
             self.dropped += 1
 
     def credit(self, n: int) -> None:
@@ -597,8 +632,8 @@ class CoreListener:
     async def stop(self) -> None:
         self.stopping = True
         try:
-            if self._nsub is not None:
-                await self._nsub.unsubscribe()
+            if self._nsub is not None and self._wire is not None:
+                await self._wire.unsubscribe(self._nsub)
         except Exception as exc:
             logger.debug("unsubscribing from %r failed: %r", self._sub.topic, exc)
         finally:

@@ -91,6 +91,17 @@ async def unpin(js: Any, stream: str, consumer: str, wait: float) -> None:
     await api_request(js, f"CONSUMER.UNPIN.{stream}.{consumer}", {"group": PIN_GROUP}, wait)
 
 
+class Received:
+    """A message received on a pinned puller's inbox and kept back by its gate."""
+
+    __slots__ = ("data", "headers", "reply")
+
+    def __init__(self, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        self.reply = reply
+        self.data = data
+        self.headers = headers
+
+
 class PinnedPuller(Puller):
     """A puller of a ``pinned_client`` consumer (see the module docstring). Loop thread only."""
 
@@ -105,7 +116,7 @@ class PinnedPuller(Puller):
         self._standby = False
         self._keepalive_ids = 0
         self.pin: str | None = None
-        self._gate: list[Any] | None = None
+        self._gate: list[Received] | None = None
         self._after_reset = False  # reset: drop deliveries made before it (see _admit)
         self.stale = 0
         self._collecting = False  # the gate collects redeliveries until the first new message
@@ -206,9 +217,9 @@ class PinnedPuller(Puller):
 
     # -- the gate of a new pin --------------------------------------------------------------------------
 
-    def _admit(self, msg: Any, reply: str) -> bool:
+    def _admit(self, reply: str, data: bytes, headers: dict[str, str] | None) -> bool:
         if self._gate is not None:
-            self._gate.append(msg)
+            self._gate.append(Received(reply, data, headers))
             if self._collecting and ack_info(reply)[0] == 1:
                 self._close_gate()
             return False
@@ -220,7 +231,6 @@ class PinnedPuller(Puller):
                 self.stale += 1
                 return False
             self._after_reset = False
-        headers = msg.headers
         pin = headers.get(H_PIN) if headers else None
         if pin is not None and pin != self.pin:
             self.pin = pin
@@ -231,7 +241,7 @@ class PinnedPuller(Puller):
         # pinned anew: collect the redeliveries (served first, in the order of the previous member's naks, or
         # sent to a member that died meanwhile) up to the first new message, then decide (see _open_gate)
         self._armed = False
-        self._gate = [msg]
+        self._gate = [Received(reply, data, headers)]
         self._collecting = True
         if ack_info(reply)[0] == 1:
             self._close_gate()
@@ -274,7 +284,7 @@ class PinnedPuller(Puller):
         # gate was closed) may have arrived after newer ones
         kept.sort(key=lambda m: ack_info(m.reply)[1])
         for msg in kept:
-            await self._deliver(msg, msg.reply)
+            self._deliver(msg.reply, msg.data, msg.headers)
         self.resume()
 
     async def _left_unacked(self) -> bool:
@@ -319,7 +329,7 @@ class PinnedPuller(Puller):
         self.stopping = True
         kept, self._gate = self._gate or [], None
         for msg in kept:
-            await self._deliver(msg, msg.reply)
+            self._deliver(msg.reply, msg.data, msg.headers)
         await super().stop()
 
     # -- handover -------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ a :class:`LoopInbox` (no waiting for a round trip: at most one posted crossing p
 everything queued meanwhile) whose worker, :meth:`Publisher._publish_batch` on the asyncio loop, writes every
 message to the connection in order. A JetStream message is published with the reply subject
 ``<ack inbox>.<seq>``: that is JetStream's async publish (what nats-py's ``publish_async`` does), spoken
-directly so that no future, semaphore or JSON parse is paid per message. The stream's PubAck (or error)
-comes back on the one ack-inbox subscription, whose callback (:meth:`Publisher._on_ack`) turns it into an
-:class:`Outcome` in a :class:`BatchPipe`; the single Trio task :meth:`Publisher.forward` (the "ack handler")
+directly so that no future, semaphore or JSON parse is paid per message; the commands are built by
+:mod:`.protocol` and handed to nats-py in chunks of ``_CHUNK`` (``Client.publish`` per message only while
+disconnected). The stream's PubAck (or error) comes back on the one ack-inbox subscription, whose handler
+(:meth:`Publisher._on_ack`, inline in the connection's reader) turns it into an :class:`Outcome` in a
+:class:`BatchPipe`; the single Trio task :meth:`Publisher.forward` (the "ack handler")
 receives whole batches of outcomes per wake-up and passes them to the bus's outcomes channel.
 
 Exactly one outcome per message: a message nats-py refuses at once (closed connection, reconnect buffer
@@ -47,6 +49,7 @@ from ..._abc import Outcome
 from ..._exceptions import MessageTooLargeError, PublishError, translate_exception
 from .._bridge import BatchPipe, Bridge
 from .._bridge.inbox import LoopInbox
+from .protocol import PayloadTooLarge, Wire, command, wire_for
 from .wire import NATS_PUBLISH_ERRORS, too_large
 
 __all__ = ["PublishTimeout", "Publisher", "WireItem"]
@@ -54,6 +57,7 @@ __all__ = ["PublishTimeout", "Publisher", "WireItem"]
 #: (seq, subject, body, headers, persistent)
 WireItem = tuple[int, str, bytes, dict[str, str] | None, bool]
 _UNBOUNDED = sys.maxsize  # outcomes are bounded by the bus's publish window, not by the pipe
+_CHUNK = 256  # commands handed to nats-py at once on the fast path (about 100 KB of 256-byte messages)
 
 
 class PublishTimeout(PublishError):
@@ -63,6 +67,8 @@ class PublishTimeout(PublishError):
 class Publisher:
     """Publishes batches on the loop and reports every outcome to Trio (see the module docstring)."""
 
+    _wire: Wire  # set by start(), on the loop thread
+
     def __init__(self, bridge: Bridge, nc: Any, timeout: float, max_pending: int) -> None:
         self._bridge = bridge
         self._nc = nc
@@ -71,6 +77,7 @@ class Publisher:
         self.pipe: BatchPipe[Outcome] = BatchPipe(bridge, _UNBOUNDED)
         self._inbox: LoopInbox[WireItem] = LoopInbox(bridge, self._publish_batch)
         self._prefix = ""
+        self._acks: list[Outcome] = []  # outcomes of PubAcks, put into the pipe once per reader pass
         self._inflight: dict[int, float] = {}  # seq -> deadline, awaiting a PubAck (loop thread)
         self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
         self._space: asyncio.Event | None = None
@@ -134,81 +141,156 @@ class Publisher:
 
     async def start(self) -> None:
         """Subscribe the ack inbox (loop thread; nats-py re-subscribes it after reconnects)."""
+        self._wire = wire_for(self._nc)
         self._prefix = self._nc.new_inbox() + "."
-        await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
+        await self._wire.subscribe(self._prefix + "*", self._on_ack)
 
     async def _publish_batch(self, items: Sequence[WireItem]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        publish, prefix, inflight, deadlines = self._nc.publish, self._prefix, self._inflight, self._deadlines
+        wire, prefix, inflight = self._wire, self._prefix, self._inflight
         now: list[Outcome] = []
-        index = 0
+        built: list[bytes] = []  # commands not yet handed to nats-py (the fast path writes them in chunks)
+        held: list[tuple[int, bool, float]] = []  # their (seq, persistent, deadline)
+        taken = 0  # items[:taken] are written, failed or in ``built``
         limit = self._nc.max_payload  # the server's, from its INFO (may change with a reconnect)
         try:
-            for index, (seq, subject, body, headers, persistent) in enumerate(items):  # noqa: B007 - index is read after the loop (where it stopped)
-                if (headers is not None or len(body) > limit) and (size := too_large(body, headers, limit)):
-                    self.failed += 1  # the server would close the connection on it: fail it alone
-                    now.append(Outcome((seq,), _too_large_error(subject, size, limit)))
+            for seq, subject, body, headers, persistent in items:
+                cmd = None
+                if wire.ready:  # the command now: its size is exact (and the check is free)
+                    try:
+                        cmd = command(subject, f"{prefix}{seq}" if persistent else "", body, headers, limit)
+                    except PayloadTooLarge as exc:
+                        self._too_large(seq, subject, exc.size, limit, now)
+                        taken += 1
+                        continue
+                    except ValueError as exc:
+                        self._refused([seq], subject, exc, now)
+                        taken += 1
+                        continue
+                elif (headers is not None or len(body) > limit) and (size := too_large(body, headers, limit)):
+                    self._too_large(seq, subject, size, limit, now)
+                    taken += 1
                     continue
                 if persistent:
                     while len(inflight) >= self._max_pending and not self.abandoned:
+                        if built:  # what is built goes out before waiting for PubAcks
+                            await self._write(built, held, now)
                         self._space = asyncio.Event()
                         await self._space.wait()
                         deadline = loop.time() + self._timeout  # the clock starts when it is written
                     inflight[seq] = deadline
                 if self.abandoned:
                     raise _Abandoned
-                try:
-                    if persistent:
-                        await publish(subject, body, reply=f"{prefix}{seq}", headers=headers)
-                        deadlines.append((deadline, seq))
-                    else:
-                        await publish(subject, body, headers=headers)
-                        self.core_sent += 1
-                        now.append(Outcome((seq,)))
-                except Exception as exc:
-                    inflight.pop(seq, None)
-                    self.failed += 1
-                    error = translate_exception(exc, NATS_PUBLISH_ERRORS, f"publish to {subject!r} refused")
-                    now.append(Outcome((seq,), error))
-            index = len(items)
+                if cmd is not None and wire.ready:
+                    built.append(cmd)
+                    held.append((seq, persistent, deadline))
+                    taken += 1
+                    if len(built) >= _CHUNK:
+                        await self._write(built, held, now)
+                    continue
+                if built:  # in order: the fast path's commands before this one
+                    await self._write(built, held, now)
+                await self._publish_one(seq, subject, body, headers, persistent, deadline, now)
+                taken += 1
+            if built:
+                await self._write(built, held, now)
         except (asyncio.CancelledError, _Abandoned) as exc:
             error = PublishError("the NATS backend closed before the message was handed to NATS")
-            rest = [item[0] for item in items[index:]]  # the one being written when interrupted, and the rest
+            # what was built and not written (or being written), the one being published, and the rest
+            rest = [entry[0] for entry in held] + [item[0] for item in items[taken:]]
             for seq in rest:
                 inflight.pop(seq, None)
             if rest:
                 now.append(Outcome(rest, error))
-            self.failed += len(items) - index
+            self.failed += len(rest)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
             self._emit(now)
 
-    def _emit(self, outcomes: list[Outcome]) -> None:
-        if self._closed:
-            return
-        put = self.pipe.put_nowait
-        for outcome in outcomes:
-            put(outcome)
-
-    async def _on_ack(self, msg: Any) -> None:  # the ack inbox's subscription callback
+    async def _write(self, built: list[bytes], held: list[tuple[int, bool, float]], now: list[Outcome]) -> None:
+        """Hand the built commands to nats-py as one; emptied unless cancelled (then the caller fails them)."""
         try:
-            seq = int(msg.subject[len(self._prefix) :])
+            await self._wire.send(built)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._refused([entry[0] for entry in held], None, exc, now)
+        else:
+            deadlines, core = self._deadlines, []
+            for seq, persistent, deadline in held:
+                if persistent:
+                    deadlines.append((deadline, seq))
+                else:
+                    core.append(seq)
+            if core:
+                self.core_sent += len(core)
+                now.append(Outcome(core))
+        built.clear()
+        held.clear()
+
+    async def _publish_one(
+        self,
+        seq: int,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str] | None,
+        persistent: bool,
+        deadline: float,
+        now: list[Outcome],
+    ) -> None:
+        """nats-py's own ``publish`` (not connected: its reconnect buffer accounts message by message)."""
+        try:
+            if persistent:
+                await self._nc.publish(subject, body, reply=f"{self._prefix}{seq}", headers=headers)
+                self._deadlines.append((deadline, seq))
+            else:
+                await self._nc.publish(subject, body, headers=headers)
+                self.core_sent += 1
+                now.append(Outcome((seq,)))
+        except Exception as exc:
+            self._refused([seq], subject, exc, now)
+
+    def _too_large(self, seq: int, subject: str, size: int, limit: int, now: list[Outcome]) -> None:
+        self.failed += 1  # the server would close the connection on it: fail it alone
+        now.append(Outcome((seq,), _too_large_error(subject, size, limit)))
+
+    def _refused(self, seqs: list[int], subject: str | None, exc: Exception, now: list[Outcome]) -> None:
+        for seq in seqs:
+            self._inflight.pop(seq, None)
+        self.failed += len(seqs)
+        what = f"publish to {subject!r}" if subject is not None else f"publish of {len(seqs)} messages"
+        now.append(Outcome(seqs, translate_exception(exc, NATS_PUBLISH_ERRORS, f"{what} refused")))
+
+    def _emit(self, outcomes: list[Outcome]) -> None:
+        if not self._closed and outcomes:
+            self.pipe.put_all_nowait(outcomes)
+
+    def _on_ack(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        """A PubAck (or error) on the ack inbox (loop thread, inline in the connection's reader)."""
+        try:
+            seq = int(subject[len(self._prefix) :])
         except ValueError:
             return
         if self._inflight.pop(seq, None) is None:
             return  # already failed by the timeout: a late answer changes nothing
-        error = _ack_error(msg)
+        error = _ack_error(data, headers)
         if error is None:
             self.acked += 1
-            if b'"duplicate"' in msg.data:
+            if b'"duplicate"' in data:
                 self.duplicates += 1
         else:
             self.failed += 1
         if not self._closed:
-            self.pipe.put_nowait(Outcome((seq,), error))
+            if not self._acks:
+                self._wire.defer(self._flush_acks)  # at the end of this read: one put
+            self._acks.append(Outcome((seq,), error))
         self._freed()
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        self._emit(acks)
 
     def _freed(self) -> None:
         if self._space is not None and len(self._inflight) < self._max_pending:
@@ -257,6 +339,7 @@ class Publisher:
     def close_pipe(self) -> None:
         """No more outcomes: :meth:`forward` ends once it delivered the buffered ones."""
         if not self._closed:
+            self._flush_acks()
             self._closed = True
             self.pipe.close()
 
@@ -273,21 +356,20 @@ def _too_large_error(subject: str, size: int, limit: int) -> MessageTooLargeErro
     )
 
 
-def _ack_error(msg: Any) -> PublishError | None:
+def _ack_error(data: bytes, headers: dict[str, str] | None) -> PublishError | None:
     """None for a PubAck, else the error JetStream answered (with a nats-py ``APIError`` as the cause)."""
-    headers = msg.headers
     if headers and headers.get("Status") == "503":
         cause = APIError(code=503, description="no responders: no stream captures the subject")
-    elif b'"error"' not in msg.data:
+    elif b'"error"' not in data:
         return None
     else:
         try:
-            answer = json.loads(msg.data)["error"]
+            answer = json.loads(data)["error"]
             cause = APIError(
                 code=answer.get("code"), err_code=answer.get("err_code"), description=answer.get("description")
             )
         except (ValueError, KeyError, TypeError, AttributeError):
-            cause = APIError(description=f"unexpected answer {msg.data[:200]!r}")
+            cause = APIError(description=f"unexpected answer {data[:200]!r}")
     error = PublishError(f"JetStream refused the message: {cause.description} (code {cause.code})")
     error.__cause__ = cause
     return error

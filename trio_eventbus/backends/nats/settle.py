@@ -1,7 +1,8 @@
 """Settlements of the NATS backend: acks, naks and terms sent in batches, never blocking the bus.
 
 ``settle`` queues the ack/nak/term in a :class:`LoopInbox` and never blocks; its worker on the loop publishes
-whatever accumulated, so acks cross in batches while the previous batch is sent. Sending a settlement also
+whatever accumulated as one write (:meth:`.protocol.Wire.publish_many`), so acks cross in batches while the
+previous batch is sent. Sending a settlement also
 ends the delivery's progress acks (it leaves :attr:`Subscription.out`); an ack or term is remembered for a
 while (the last ``_REMEMBERED`` per subscription, :attr:`Subscription.settled`), so a redelivery that crossed
 it on the wire is settled the same way and dropped instead of handled twice; after a nak a redelivery is a new
@@ -21,6 +22,7 @@ from ..._abc import Delivery, Disposition
 from .._bridge import Bridge, BridgeError
 from .._bridge.inbox import LoopInbox
 from .consume import CoreToken, JsToken, Subscription
+from .protocol import wire_for
 from .wire import ACK, NAK, TERM, nak_delay
 
 __all__ = ["Settler"]
@@ -115,8 +117,7 @@ def _seq(token: JsToken) -> int:
 
 
 async def _send(nc: Any, batch: list[tuple[JsToken, bytes]]) -> int:
-    publish = nc.publish
-    failed = 0
+    messages = []
     for token, payload in batch:
         out = token.out  # settled: no more progress acks
         if out.get(token.seq) is token:
@@ -126,10 +127,8 @@ async def _send(nc: Any, batch: list[tuple[JsToken, bytes]]) -> int:
                 settled[token.seq] = payload
                 if len(settled) > _REMEMBERED:
                     settled.popitem(last=False)
-        try:
-            await publish(token.reply, payload)
-        except Exception:  # connection closed: the server redelivers after ack_wait
-            failed += 1
-    if failed:
+        messages.append((token.reply, payload))
+    failed = await wire_for(nc).publish_many(messages)  # one write for the batch (see .protocol)
+    if failed:  # connection closed: the server redelivers after ack_wait
         logger.debug("%d of %d acks could not be sent", failed, len(batch))
     return failed

@@ -153,10 +153,11 @@ def ack_info(reply: str) -> tuple[int, int]:
 
 
 def to_delivery(topic: str, body: bytes, headers: Mapping[str, str] | None, attempt: int, token: object) -> Delivery:
-    """A :class:`Delivery` from a received message: internal headers removed, body decompressed."""
+    """A :class:`Delivery` from a received message: internal headers removed, body decompressed. A ``dict`` of
+    headers is the received message's own (parsed for it) and is reused, not copied."""
     if not headers:
         return Delivery(topic, body, {}, None, None, attempt, token)
-    clean = dict(headers)
+    clean = headers if type(headers) is dict else dict(headers)  # a dict parsed for this message: ours to change
     message_id = clean.pop(H_MSG_ID, None)
     key = clean.pop(H_KEY, None)
     if key is None:  # a producer that does not set the bus's key header (see the module docstring)
