@@ -119,6 +119,7 @@ def test_report_says_plots_need_the_extra(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_report_plots(tmp_path: Path) -> None:
     import matplotlib  # noqa: F401  (the extra `bench`, which nox installs: missing it is an error, not a skip)
+
     figures = tiny_figures()
     written, note = write_report([figures], tmp_path)
     assert note is None
