@@ -14,9 +14,8 @@ Pacing: the publisher waits until the bus is idle after every ``--chunk`` envelo
 every size runs with the same backlog. With ``--chunk 0`` it runs free: a publisher faster than its subscriber
 then fills the topic up to ``topic_capacity`` (100,000 messages, about 1.2 KB each here: ~120 MB) before it waits,
 and the RSS of each size shows the largest backlog reached so far, which a 10,000-envelope run cannot reach.
-``--max-duplicate-ids N`` overrides the count bound (a large N shows the time bound alone); ``--results`` also
-reads every publish result. Figures, never assertions (the bound itself is tested in
-``tests/test_memory_dedupe.py``).
+``--max-duplicate-ids N`` overrides the count bound (a large N shows the time bound alone). Figures, never
+assertions (the bound itself is tested in ``tests/test_memory_dedupe.py``).
 """
 
 from __future__ import annotations
@@ -68,38 +67,29 @@ async def rss_figures(
     chunk: int = 10_000,
     aggregates: int = 1_000,
     max_duplicate_ids: int | None = None,
-    results: bool = False,
 ) -> list[dict[str, float]]:
     """Publish up to each of ``sizes`` (ascending, cumulative) through one bus, waiting until idle after every
     ``chunk`` envelopes (0: never); one dict of figures per size."""
     broker = MemoryBroker() if max_duplicate_ids is None else MemoryBroker(max_duplicate_ids=max_duplicate_ids)
     handled = 0
-    read = 0
     peak_backlog = 0
+    sampling = trio.CancelScope()
 
     async def sample_backlog() -> None:
         nonlocal peak_backlog
-        while True:
-            peak_backlog = max(peak_backlog, broker.topic_statistics(_TOPIC)["retained"])
-            await trio.sleep(0.01)
+        with sampling:
+            while True:
+                peak_backlog = max(peak_backlog, broker.topic_statistics(_TOPIC)["retained"])
+                await trio.sleep(0.01)
 
     async def handler(env: Envelope) -> None:
         nonlocal handled
         handled += 1
 
     out: list[dict[str, float]] = []
-    async with trio.open_nursery() as outer, open_bus(MemoryConfig(broker=broker), options=BusOptions()) as bus:
-        if results:
-            channel = bus.publish_results()
-
-            async def read_results() -> None:
-                nonlocal read
-                async for _ in channel:
-                    read += 1
-
-            outer.start_soon(read_results)
+    async with trio.open_nursery() as nursery, open_bus(MemoryConfig(broker=broker), options=BusOptions()) as bus:
         await bus.subscribe_envelope(_TOPIC, handler, group="svc")
-        outer.start_soon(sample_backlog)
+        nursery.start_soon(sample_backlog)
         start = time.perf_counter()
         published = 0
         for size in sizes:
@@ -131,8 +121,6 @@ async def rss_figures(
                 "retained": float(stats["retained"]),
                 "peak_backlog": float(peak_backlog),
             }
-            if results:
-                figures["results_read"] = float(read)
             out.append(figures)
             print(
                 "  ".join(
@@ -141,6 +129,7 @@ async def rss_figures(
                 ),
                 flush=True,
             )
+        sampling.cancel()
     return out
 
 
@@ -151,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=10_000, help="wait until idle after every N envelopes (0: never)")
     parser.add_argument("--aggregates", type=int, default=1_000)
     parser.add_argument("--max-duplicate-ids", type=int, default=None, help="MemoryBroker(max_duplicate_ids=N)")
-    parser.add_argument("--results", action="store_true", help="also read every publish result")
     args = parser.parse_args(argv)
     sizes = sorted(int(n) for n in args.envelopes.split(","))
     trio.run(
@@ -160,7 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk=args.chunk,
             aggregates=args.aggregates,
             max_duplicate_ids=args.max_duplicate_ids,
-            results=args.results,
         )
     )
     return 0

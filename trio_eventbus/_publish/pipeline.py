@@ -321,17 +321,19 @@ class PublishPipeline:
                     if no_result and seq in no_result:
                         no_result.discard(seq)
                     elif stamp is not None:
-                        # an envelope's message id and key are its event_id and aggregate_id
                         envelope = message.envelope
-                        result = new_result(
-                            message_id,
-                            message.topic,
-                            message.key,
-                            None if envelope is None else envelope.event_type,
-                            success,
-                            error,
-                            stamp,
-                        )
+                        if envelope is None:
+                            result = new_result(message_id, message.topic, message.key, None, success, error, stamp)
+                        else:
+                            result = new_result(
+                                envelope.event_id,
+                                message.topic,
+                                envelope.aggregate_id,
+                                envelope.event_type,
+                                success,
+                                error,
+                                stamp,
+                            )
                         # put_nowait inline; awaits (_offer) only for a full or closed sink
                         if callback is not None:
                             try:

@@ -73,13 +73,14 @@ class MemoryConfig:
     """Configuration of the memory backend.
 
     ``broker``: share one :class:`MemoryBroker` between buses (each bus gets a private broker when ``None``).
-    ``fetch_batch``: most messages a fetcher hands to the bus at once; ``fetch_bytes``: most bytes of bodies
-    (``len(body)``) in one such batch, 8 MiB by default (a batch always holds at least one message, however
-    large). The bus's ``BusOptions.max_buffered_bytes`` bounds what it holds beyond one batch.
+    ``fetch_batch``: most messages a fetcher hands to the bus at once (512 by default: a batch spread over 64 lanes
+    wakes each lane once for ~8 messages; 256 cost ~2.5 % more instructions per message); ``fetch_bytes``: most
+    bytes of bodies (``len(body)``) in one such batch, 8 MiB by default (a batch always holds at least one
+    message, however large). The bus's ``BusOptions.max_buffered_bytes`` bounds what it holds beyond one batch.
     """
 
     broker: MemoryBroker | None = attrs.field(default=None, eq=False)
-    fetch_batch: int = attrs.field(default=256, validator=v.positive_int)
+    fetch_batch: int = attrs.field(default=512, validator=v.positive_int)
     fetch_bytes: int = attrs.field(default=_FETCH_BYTES, validator=v.positive_int)
 
     def create_backend(self) -> MemoryBackend:
