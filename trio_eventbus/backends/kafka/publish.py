@@ -50,6 +50,7 @@ __all__ = ["AioPublisher"]
 logger = logging.getLogger("trio_eventbus.kafka")
 
 _KEY_CACHE_LIMIT = 1 << 16  # remembered key -> partition mappings per topic
+_SUBMIT_CHUNK = 4096  # messages per submit (one outcome list each) when the inbox holds a backlog
 _estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
 
 
@@ -134,17 +135,31 @@ class AioPublisher:
         self._outcomes = outcomes
         self._max_size = max_request_size
         self._topics: dict[str, _Topic] = {}
-        self._inbox: LoopInbox[OutgoingMessage] = LoopInbox(bridge, self.submit)
-
-    @property
-    def queued(self) -> int:
-        """Messages given to :meth:`send` that no submit has taken yet."""
-        return len(self._inbox)
+        self._inbox: LoopInbox[OutgoingMessage] = LoopInbox(bridge, self._submit_queued)
 
     def send(self, batch: Sequence[OutgoingMessage]) -> None:
         """Trio thread: queue ``batch`` for submitting, in order; never waits (:class:`BridgeError` if the bridge
         is closed). Every message gets exactly one outcome through the outcome pipe."""
         self._inbox.put(batch)
+
+    async def _submit_queued(self, queued: list[OutgoingMessage]) -> None:
+        """The inbox's worker: submit what was queued, in order, in chunks of at most ``_SUBMIT_CHUNK`` (each
+        chunk's outcomes come back as soon as its own partition batches are acknowledged, so a backlog frees
+        the bus's window progressively). Cancelled, the chunks not yet submitted fail too."""
+        for start in range(0, len(queued), _SUBMIT_CHUNK):
+            try:
+                await self.submit(queued[start : start + _SUBMIT_CHUNK])
+            except asyncio.CancelledError:
+                self._fail_unsubmitted(queued[start + _SUBMIT_CHUNK :])
+                raise
+
+    def _fail_unsubmitted(self, messages: Sequence[OutgoingMessage]) -> None:
+        if messages:
+            error = PublishError("the kafka backend closed before the message was handed to the producer")
+            acks = _AckBatch(self._outcomes, [msg.seq for msg in messages])
+            for msg in messages:
+                acks.fail(msg.seq, error)
+            acks.seal()
 
     async def flush(self) -> None:
         """Loop thread: wait until every message sent so far was submitted, then until the producer sent it."""
@@ -154,13 +169,7 @@ class AioPublisher:
     async def stop(self) -> None:
         """Loop thread, at close: cancel the worker (its submit fails what it had not handed over) and fail what
         is still queued. Call before the producer stops and the outcome pipe closes."""
-        left = await self._inbox.stop()
-        if left:
-            error = PublishError("the kafka backend closed before the message was handed to the producer")
-            acks = _AckBatch(self._outcomes, [msg.seq for msg in left])
-            for msg in left:
-                acks.fail(msg.seq, error)
-            acks.seal()
+        self._fail_unsubmitted(await self._inbox.stop())
 
     async def _partitions(self, topic: str, fresh: dict[str, tuple[_Topic, list[int]]]) -> tuple[_Topic, list[int]]:
         """(topic state, available partitions), metadata checked once per topic and submit."""
