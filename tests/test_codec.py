@@ -13,6 +13,7 @@ import uuid
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_go_interop_vectors import GO_FIELDS
 
 import trio_eventbus as teb
 from trio_eventbus._codec import decode_envelope, encode_envelope, format_timestamp, parse_timestamp
@@ -60,17 +61,7 @@ def test_round_trip(env: teb.Envelope) -> None:
     body, headers = encode_envelope(env)
     assert decode_envelope(body, headers) == env
     obj = json.loads(body)  # always valid JSON with exactly the agreed field names
-    assert set(obj) <= {
-        "event_id",
-        "aggregate_id",
-        "event_type",
-        "event_version",
-        "timestamp",
-        "trace_id",
-        "correlation_id",
-        "tenant_id",
-        "payload",
-    }
+    assert set(obj) <= GO_FIELDS
     assert headers["X-Event-ID"] == env.event_id
     assert headers["X-Aggregate-ID"] == env.aggregate_id
     assert headers["X-Event-Type"] == env.event_type

@@ -90,7 +90,7 @@ def test_re_encoding_a_go_message_gives_the_go_bytes_again(broker: str) -> None:
 
 # -- the Go decoder's rules ---------------------------------------------------------------------------------
 
-_GO_FIELDS = {
+GO_FIELDS = {
     "event_id",
     "aggregate_id",
     "event_type",
@@ -122,7 +122,7 @@ def go_decoder_reads(body: bytes, headers: dict[str, str]) -> tuple[dict[str, An
     text = body.decode("utf-8")  # Go: the body is UTF-8 JSON
     obj = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
     assert isinstance(obj, dict)
-    assert set(obj) <= _GO_FIELDS, f"fields Go does not know: {set(obj) - _GO_FIELDS}"
+    assert set(obj) <= GO_FIELDS, f"fields Go does not know: {set(obj) - GO_FIELDS}"
     for name in ("event_id", "aggregate_id", "event_type"):
         assert isinstance(obj[name], str), name
         assert obj[name].strip(), name  # not blank after TrimSpace

@@ -61,11 +61,16 @@ def say(message: str) -> None:
     print(f"provision: {message}", flush=True)
 
 
-def kafka_home() -> Path:
-    env = os.environ.get("TEB_KAFKA_HOME")
+def cache_dir(env_var: str, leaf: str) -> Path:
+    """``$env_var`` when set, else ``~/.cache/trio_eventbus/<leaf>``."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env).expanduser()
-    return Path.home() / ".cache" / "trio_eventbus" / f"kafka-{KAFKA_VERSION}"
+    return Path.home() / ".cache" / "trio_eventbus" / leaf
+
+
+def kafka_home() -> Path:
+    return cache_dir("TEB_KAFKA_HOME", f"kafka-{KAFKA_VERSION}")
 
 
 def pom_digest() -> str:
@@ -76,10 +81,7 @@ def pom_digest() -> str:
 
 
 def nats_home() -> Path:
-    env = os.environ.get("TEB_NATS_HOME")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "trio_eventbus" / f"nats-server-{NATS_SERVER_VERSION}"
+    return cache_dir("TEB_NATS_HOME", f"nats-server-{NATS_SERVER_VERSION}")
 
 
 def nats_server_ready(home: Path) -> bool:
@@ -170,10 +172,7 @@ def _go_install(go: str, home: Path, binary: str, module: str, version: str, *, 
 
 
 def natscli_home() -> Path:
-    env = os.environ.get("TEB_NATSCLI_HOME")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "trio_eventbus" / f"natscli-{NATSCLI_VERSION}"
+    return cache_dir("TEB_NATSCLI_HOME", f"natscli-{NATSCLI_VERSION}")
 
 
 def ensure_natscli() -> None:
