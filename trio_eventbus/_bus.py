@@ -314,19 +314,10 @@ class EventBus(metaclass=NoPublicConstructor, factory="trio_eventbus.open_bus(co
         full, or ``topic`` not provisioned yet), or :class:`BusClosedError` / a ``ValueError`` subclass.
         ``headers`` as in :meth:`publish_envelope`.
         """
-        # _encoded, inline (the hot-loop form: once per message)
-        if self._closing:
-            self._check_open()
-        if not isinstance(envelope, Envelope):
-            raise InvalidEnvelopeError(f"expected an Envelope, got {type(envelope).__name__}")
-        body, wire = encode_envelope(envelope)
-        if headers:
-            wire.update(freeze_headers(headers))  # a fresh dict; reserved names (the envelope's own) refused
-        if len(body) > self._max_message_bytes:
-            self._check_size(topic, body)
+        body, headers = self._encoded(topic, envelope, headers)
         if topic not in self._topics.ready:
             self._unready(topic)
-        if not self._publisher.submit_nowait(topic, body, wire, envelope.aggregate_id, envelope.event_id, envelope):
+        if not self._publisher.submit_nowait(topic, body, headers, envelope.aggregate_id, envelope.event_id, envelope):
             raise trio.WouldBlock("the in-flight publish window is full")
 
     async def flush(self) -> None:
