@@ -260,23 +260,6 @@ class Topic:
             return  # already settled, or released when its subscriber left
         if group.tracking:
             on_settle(group, offset)
-        # _done, inline (once per message)
-        if group.counts:
-            group.counts.pop(offset, None)
-        if offset != group.floor:
-            group.acked.add(offset)
-            return
-        floor = offset + 1
-        acked = group.acked
-        if acked:
-            while floor in acked:
-                acked.remove(floor)
-                floor += 1
-        group.floor = floor
-        self.trim()
-
-    def _done(self, group: Group, offset: int) -> None:
-        """``offset`` is settled for good in ``group``: advance its floor and trim what every group acked."""
         if group.counts:
             group.counts.pop(offset, None)
         if offset != group.floor:
@@ -293,13 +276,13 @@ class Topic:
 
     def nak(self, group: Group, offset: int, due: float) -> None:
         """NAK: deliver ``offset`` to ``group`` again at ``due``."""
+        if offset < self.base:  # discarded by retention meanwhile: nothing to redeliver, settled for good
+            self.ack(group, offset)
+            return
         if group.inflight.pop(offset, None) is None:
             return  # already settled, or released when its subscriber left
         if group.tracking:
             on_settle(group, offset)
-        if offset < self.base:
-            self._done(group, offset)  # discarded by retention meanwhile: nothing to redeliver
-            return
         group.counts[offset] = group.counts.get(offset, 0) + 1  # deliveries so far (see Group.counts)
         heapq.heappush(group.redeliver, (due, offset))
         group.lot.unpark_all()
