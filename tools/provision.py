@@ -111,27 +111,33 @@ def ensure_nats_server() -> None:
     if os.environ.get("TEB_NATS_SERVER"):
         say(f"nats: TEB_NATS_SERVER is set ({os.environ['TEB_NATS_SERVER']}), not building nats-server")
         return
-    home = nats_home()
-    if nats_server_ready(home):
-        say(f"nats: nats-server {NATS_SERVER_VERSION} present in {home / 'bin'}")
+    _ensure_go_tool(
+        nats_home(),
+        "nats-server",
+        NATS_MODULE,
+        NATS_SERVER_VERSION,
+        label="nats",
+        alternative="or set TEB_NATS_SERVER to a nats-server >= 2.11 binary, or TEB_NATS_URL to a running server",
+    )
+
+
+def _ensure_go_tool(home: Path, binary: str, module: str, version: str, *, label: str, alternative: str) -> None:
+    """``binary`` ``version`` built once into ``home/bin`` with ``go install`` (locked against parallel runs)."""
+    if _go_tool_ready(home, binary, version):
+        say(f"{label}: {binary} {version} present in {home / 'bin'}")
         return
     go = find_go()
     if go is None:
         raise ProvisionError(
-            f"go is not on PATH; it is needed once to build nats-server {NATS_SERVER_VERSION}: {GO_INSTALL_HINT}, "
-            "or set TEB_NATS_SERVER to a nats-server >= 2.11 binary, or TEB_NATS_URL to a running server"
+            f"go is not on PATH; it is needed once to build {binary} {version}: {GO_INSTALL_HINT}, {alternative}"
         )
     home.mkdir(parents=True, exist_ok=True)
     with (home / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another provisioning run (a parallel nox session) builds it once
-        if nats_server_ready(home):
-            say(f"nats: nats-server {NATS_SERVER_VERSION} built meanwhile in {home / 'bin'}")
+        if _go_tool_ready(home, binary, version):
+            say(f"{label}: {binary} {version} built meanwhile in {home / 'bin'}")
             return
-        build_nats_server(go, home)
-
-
-def build_nats_server(go: str, home: Path) -> None:
-    _go_install(go, home, "nats-server", NATS_MODULE, NATS_SERVER_VERSION, label="nats")
+        _go_install(go, home, binary, module, version, label=label)
 
 
 def _go_install(go: str, home: Path, binary: str, module: str, version: str, *, label: str) -> None:
@@ -180,23 +186,9 @@ def ensure_natscli() -> None:
     if os.environ.get("TEB_NATSCLI"):
         say(f"natscli: TEB_NATSCLI is set ({os.environ['TEB_NATSCLI']}), not building the nats CLI")
         return
-    home = natscli_home()
-    if _go_tool_ready(home, "nats", NATSCLI_VERSION):
-        say(f"natscli: nats {NATSCLI_VERSION} present in {home / 'bin'}")
-        return
-    go = find_go()
-    if go is None:
-        raise ProvisionError(
-            f"go is not on PATH; it is needed once to build the nats CLI {NATSCLI_VERSION}: {GO_INSTALL_HINT}, "
-            "or set TEB_NATSCLI to a nats CLI binary"
-        )
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _go_tool_ready(home, "nats", NATSCLI_VERSION):
-            say(f"natscli: nats {NATSCLI_VERSION} built meanwhile in {home / 'bin'}")
-            return
-        _go_install(go, home, "nats", NATSCLI_MODULE, NATSCLI_VERSION, label="natscli")
+    _ensure_go_tool(
+        natscli_home(), "nats", NATSCLI_MODULE, NATSCLI_VERSION, label="natscli", alternative="or set TEB_NATSCLI"
+    )
 
 
 # -------------------------------------------------------------------------------------------- Kafka
